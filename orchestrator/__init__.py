@@ -1,0 +1,1 @@
+"""srcompress orchestrator: the CLI and the thin Ray / Optuna / MLflow layer over ``sr``."""

@@ -1,0 +1,260 @@
+"""The ``srcompress`` command line.
+
+Every user-caused error is one line on stderr (cause, then fix) with exit code 2; ``--debug`` (anywhere on the
+command line) or ``SRCOMPRESS_DEBUG=1`` shows the traceback instead. Heavy imports (ray, mlflow) happen inside
+the commands that need them so ``srcompress complexity`` starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from typing import Annotated, Any
+
+import click
+import typer
+
+from sr.errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Compress super-resolution models and search for compact ones on Ray.",
+)
+
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="Knob override KEY=VALUE (repeatable), e.g. --set C=24")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table")]
+
+
+def parse_knobs(items: list[str] | None) -> dict[str, Any]:
+    """``["C=24", "res_scale=0.1", "upsampler=pixelshuffle"]`` -> typed dict (int, float, bool or str)."""
+    knobs: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set {item!r} is not KEY=VALUE; write e.g. --set C=24")
+        knobs[key.strip()] = _parse_scalar(raw.strip())
+    return knobs
+
+
+def _parse_scalar(raw: str) -> Any:
+    low = raw.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+def _fmt_int(n: int | None) -> str:
+    return "-" if n is None else f"{n:,}"
+
+
+def _fmt_g(macs: float | None) -> str:
+    return "-" if macs is None else f"{macs / 1e9:.1f}G"
+
+
+def _print_table(rows: list[dict[str, Any]], columns: list[str], title: str | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*(str(r.get(c, "")) for c in columns))
+    Console(width=200).print(table)
+
+
+# ---------------------------------------------------------------------------------------------------- complexity
+def complexity_row(arch: str, *, scale: int, knobs: dict[str, Any]) -> dict[str, Any]:
+    """Params and MACs of ``arch`` (both conventions) with the published figure beside them."""
+    from sr.complexity import COUNTER_NAME, build_on_meta, count_macs_for, count_params, lr_shape_for
+    from sr.models import arch_tag, build
+    from sr.published import published_for
+
+    def builder():
+        return build(arch, scale=scale, **knobs)
+
+    model = build_on_meta(builder)
+    row: dict[str, Any] = {
+        "arch": arch,
+        "tag": arch_tag(arch, scale=scale, **knobs),
+        "scale": scale,
+        "params": count_params(model),
+        "params_no_relpos": count_params(model, exclude=("relative_position_bias_table",)),
+        "macs_720p": count_macs_for(builder, lr_shape_for("720p", scale)).macs,
+        "macs_lr256": count_macs_for(builder, lr_shape_for("lr256", scale)).macs,
+        "counter": COUNTER_NAME,
+        "torch": __import__("torch").__version__,
+    }
+    pub = published_for(arch, scale) if not knobs else None
+    if pub is not None:
+        row["published"] = {
+            "label": pub.label,
+            "source": pub.source,
+            "params": pub.params,
+            "params_exact": pub.params_exact,
+            "macs_720p_g": pub.macs_720p_g,
+            "note": pub.note,
+        }
+        if pub.macs_720p_g:
+            row["macs_720p_ratio_to_published"] = row["macs_720p"] / (pub.macs_720p_g * 1e9)
+    return row
+
+
+@app.command()
+def complexity(
+    arch: Annotated[list[str], typer.Argument(help="Variant name(s), e.g. edsr_mini swinir_light, or 'all'")],
+    set_: SetOpt = None,
+    scale: Annotated[int, typer.Option(help="Upscaling factor")] = 2,
+    as_json: JsonOpt = False,
+) -> None:
+    """Params and MACs (1280x720 output and 256x256 LR) with the published figure beside ours."""
+    from sr.models import list_variants
+
+    knobs = parse_knobs(set_)
+    archs = list_variants() if arch == ["all"] else arch
+    rows = [complexity_row(a, scale=scale, knobs=knobs) for a in archs]
+    if as_json:
+        print(json.dumps(rows[0] if len(rows) == 1 else rows))
+        return
+    table = []
+    for r in rows:
+        pub = r.get("published") or {}
+        table.append(
+            {
+                "arch": r["tag"],
+                "params": _fmt_int(r["params"]),
+                "params w/o relpos": _fmt_int(r["params_no_relpos"]),
+                "published params": _fmt_int(pub.get("params")),
+                "MACs 720p": _fmt_g(r["macs_720p"]),
+                "published MACs 720p": "-" if not pub.get("macs_720p_g") else f"{pub['macs_720p_g']}G",
+                "ours/published": f"{r['macs_720p_ratio_to_published']:.3f}"
+                if "macs_720p_ratio_to_published" in r
+                else "-",
+                "MACs LR256": _fmt_g(r["macs_lr256"]),
+            }
+        )
+    _print_table(table, list(table[0]), title=f"x{scale}; MACs by {rows[0]['counter']} (torch {rows[0]['torch']})")
+    for r in rows:
+        note = (r.get("published") or {}).get("note")
+        if note:
+            print(f"note ({r['arch']}): {note}")
+
+
+# ---------------------------------------------------------------------------------------------------------- eval
+def load_model(arch: str, *, scale: int, knobs: dict[str, Any], weights: str | None):
+    """Build ``arch`` and load ``weights`` (weights_only; one-line error on a mismatch)."""
+    from sr.checkpoint import load_weights
+    from sr.models import build
+
+    model = build(arch, scale=scale, **knobs)
+    if weights:
+        load_weights(model, weights, arch=arch)
+    return model
+
+
+@app.command("eval")
+def eval_(
+    arch: Annotated[str, typer.Option(help="Variant name, e.g. imdn")],
+    weights: Annotated[str, typer.Option(help="Checkpoint (.pth); loaded with weights_only=True")],
+    data: Annotated[str, typer.Option(help="Benchmark folder (HR/ + LR_bicubic/X{s}/), DIV2K root or HR folder")],
+    scale: Annotated[int, typer.Option(help="Upscaling factor")] = 2,
+    set_: SetOpt = None,
+    lr_source: Annotated[str, typer.Option(help="auto | shipped | generated (bicubic from HR)")] = "auto",
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images with a warning")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Per-image and mean PSNR_Y / SSIM_Y of a checkpoint on a benchmark, with the bicubic baseline."""
+    from sr.data import load_eval_pairs
+    from sr.evaluate import evaluate_bicubic, evaluate_model
+
+    if lr_source not in ("auto", "shipped", "generated"):
+        raise UserError(f"--lr-source {lr_source!r} is not valid; use auto, shipped or generated")
+    model = load_model(arch, scale=scale, knobs=parse_knobs(set_), weights=weights)
+    pairs = load_eval_pairs(data, scale, lr_source=lr_source, skip_bad=skip_bad)
+    res = evaluate_model(model, pairs, scale=scale)
+    bic = evaluate_bicubic(pairs, scale=scale)
+    out = {
+        "arch": arch,
+        "weights": str(weights),
+        "data": str(data),
+        "scale": scale,
+        "lr_source": lr_source,
+        "model": res.as_dict(),
+        "bicubic": bic.as_dict(),
+    }
+    if as_json:
+        print(json.dumps(out))
+        return
+    rows = [
+        {
+            "image": m.name,
+            "PSNR_Y": f"{m.psnr_y:.3f}",
+            "SSIM_Y": f"{m.ssim_y:.4f}",
+            "bicubic PSNR_Y": f"{b.psnr_y:.3f}",
+            "bicubic SSIM_Y": f"{b.ssim_y:.4f}",
+        }
+        for m, b in zip(res.per_image, bic.per_image, strict=True)
+    ]
+    rows.append(
+        {
+            "image": "mean",
+            "PSNR_Y": f"{res.psnr_y:.3f}",
+            "SSIM_Y": f"{res.ssim_y:.4f}",
+            "bicubic PSNR_Y": f"{bic.psnr_y:.3f}",
+            "bicubic SSIM_Y": f"{bic.ssim_y:.4f}",
+        }
+    )
+    _print_table(rows, list(rows[0]), title=f"{arch} x{scale} on {data}")
+
+
+# ------------------------------------------------------------------------------------------------------- entry
+def _wants_debug(argv: list[str]) -> tuple[bool, list[str]]:
+    debug = os.environ.get("SRCOMPRESS_DEBUG", "") not in ("", "0")
+    if "--debug" in argv:
+        debug = True
+        argv = [a for a in argv if a != "--debug"]
+    return debug, argv
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point; returns the exit code (0 ok, 2 user error, 1 internal error, 130 interrupted)."""
+    debug, args = _wants_debug(list(sys.argv[1:] if argv is None else argv))
+    try:
+        rv = app(args=args, prog_name="srcompress", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except UserError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"srcompress: error: {exc}", file=sys.stderr)
+        return 2
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return 2
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        print("srcompress: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an internal error: keep it to one line unless asked for the traceback
+        if debug:
+            traceback.print_exc()
+        print(
+            f"srcompress: internal error: {type(exc).__name__}: {exc}; rerun with --debug for the traceback",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
