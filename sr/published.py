@@ -63,7 +63,7 @@ PUBLISHED: dict[tuple[str, int], Published] = {
     ("rfdn", 2): Published("RFDN", "RFDN (ECCV 2020 AIM), x2", 534_036, True),
     ("rfdn_l", 2): Published("RFDN-L", "RFDN (ECCV 2020 AIM), x2", 626_000, False),
     ("e_rfdn", 4): Published("E-RFDN", "AIM 2020 winner, x4", 433_448, True),
-    ("imdn_b7", 4): Published("IMDN B7", "NTIRE 2022 CLB (AMD), x4", 790_500, False),
+    ("imdn_aim_b7", 4): Published("IMDN B7", "NTIRE 2022 CLB (AMD, KAIR IMDN), x4", 790_500, False),
 }
 
 # Reference points without a registered variant (drawn on reports as labelled markers).

@@ -1,0 +1,196 @@
+"""MLflow as the system of record: one experiment per job, a parent run per search, a child run per trial.
+
+Every call goes through ``_retry``: a tracking server that disappears for a while (restart, network blip) costs
+time, not data. Calls are retried with capped exponential backoff until ``deadline_s``; after that a
+``TrackingUnavailable`` error says which server and how to fix it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sr.errors import UserError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# MLflow's own HTTP retries would hide an outage for minutes per call; keep them short and retry here instead.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+PARENT_TAG = "mlflow.parentRunId"
+STATUS_TAG = "srcompress.status"  # completed | stopped-early | infeasible | failed | running
+KIND_TAG = "srcompress.kind"  # search | trial | prune | cache
+JOB_TAG = "srcompress.job"
+
+
+class TrackingUnavailable(UserError):
+    """The tracking server stayed unreachable past the retry deadline."""
+
+
+def default_tracking_uri(storage: str | Path) -> str:
+    """Embedded default: a sqlite file under the job's storage folder."""
+    return f"sqlite:///{Path(storage).resolve() / 'mlflow.db'}"
+
+
+def default_artifact_root(storage: str | Path) -> str:
+    return str(Path(storage).resolve() / "mlartifacts")
+
+
+def check_reachable(uri: str, *, timeout_s: float = 5.0) -> None:
+    """One-line error when an http(s) tracking server does not answer; sqlite/file stores need no check."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as resp:
+            if resp.status != 200:
+                raise OSError(f"HTTP {resp.status}")
+    except (OSError, urllib.error.URLError) as exc:
+        raise TrackingUnavailable(
+            f"MLflow tracking server {uri} is unreachable ({exc}); start it (srcompress ui) or fix --tracking-uri"
+        ) from None
+
+
+def _retry(fn: Callable[[], T], *, what: str, uri: str, deadline_s: float, first_wait_s: float = 0.5) -> T:
+    start = time.monotonic()
+    wait = first_wait_s
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return fn()
+        except Exception as exc:
+            if not _is_transient(exc):
+                raise
+            elapsed = time.monotonic() - start
+            if elapsed + wait > deadline_s:
+                raise TrackingUnavailable(
+                    f"MLflow at {uri} failed for {elapsed:.0f}s while trying to {what} ({type(exc).__name__}); "
+                    "check that the tracking server is up, then rerun with --resume"
+                ) from exc
+            log.warning("mlflow %s failed (attempt %d: %s); retrying in %.1fs", what, attempt, exc, wait)
+            time.sleep(wait)
+            wait = min(wait * 2, 8.0)
+
+
+def _is_transient(exc: Exception) -> bool:
+    """Connection problems, server errors and sqlite lock contention are worth retrying; bad requests are not."""
+    from mlflow.exceptions import MlflowException
+
+    text = str(exc).lower()
+    if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
+        return True
+    if isinstance(exc, MlflowException):
+        code = getattr(exc, "error_code", "")
+        if code in ("INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST"):
+            return "database is locked" in text
+        return True
+    return any(s in text for s in ("database is locked", "connection", "max retries", "timed out", "503", "502"))
+
+
+class Tracker:
+    """A thin, retrying wrapper over ``MlflowClient`` for the calls srcompress makes."""
+
+    def __init__(self, uri: str, *, deadline_s: float = 120.0) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        self.deadline_s = deadline_s
+        self.client = MlflowClient(tracking_uri=uri)
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        return _retry(fn, what=what, uri=self.uri, deadline_s=self.deadline_s)
+
+    # -- experiments and runs ----------------------------------------------------------------------------------
+    def experiment_id(self, name: str, *, artifact_location: str | None = None) -> str:
+        """Id of experiment ``name``, created (with ``artifact_location``) when it does not exist yet."""
+
+        def get_or_create() -> str:
+            exp = self.client.get_experiment_by_name(name)
+            if exp is not None:
+                if exp.lifecycle_stage == "deleted":
+                    self.client.restore_experiment(exp.experiment_id)
+                return exp.experiment_id
+            return self.client.create_experiment(name, artifact_location=artifact_location)
+
+        return self._call(f"open experiment {name!r}", get_or_create)
+
+    def find_experiment_id(self, name: str) -> str:
+        exp = self._call(f"find experiment {name!r}", lambda: self.client.get_experiment_by_name(name))
+        if exp is None:
+            raise UserError(f"no MLflow experiment named {name!r} at {self.uri}; check --experiment/--tracking-uri")
+        return exp.experiment_id
+
+    def start_run(
+        self,
+        experiment_id: str,
+        name: str,
+        *,
+        parent_run_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> str:
+        all_tags = dict(tags or {})
+        if parent_run_id:
+            all_tags[PARENT_TAG] = parent_run_id
+        run = self._call(
+            f"create run {name!r}",
+            lambda: self.client.create_run(experiment_id, run_name=name, tags=all_tags),
+        )
+        return run.info.run_id
+
+    def find_runs(self, experiment_id: str, filter_string: str = "", max_results: int = 10_000) -> list:
+        return self._call(
+            "search runs",
+            lambda: self.client.search_runs([experiment_id], filter_string=filter_string, max_results=max_results),
+        )
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self._call("end run", lambda: self.client.set_terminated(run_id, status=status))
+
+    # -- logging ----------------------------------------------------------------------------------------------
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(str(k), str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+            chunk = items[i : i + 100]
+            self._call("log params", lambda c=chunk: self.client.log_batch(run_id, params=c))
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], *, step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [
+            Metric(str(k), float(v), now, int(step))
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        ]
+        if items:
+            self._call("log metrics", lambda: self.client.log_batch(run_id, metrics=items))
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(str(k), str(v)) for k, v in tags.items()]
+        self._call("set tags", lambda: self.client.log_batch(run_id, tags=items))
+
+    def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+        self._call(
+            f"upload {Path(path).name}",
+            lambda: self.client.log_artifact(run_id, str(path), artifact_path=artifact_path),
+        )
+
+    def log_artifacts(self, run_id: str, folder: str | Path, artifact_path: str | None = None) -> None:
+        self._call(
+            f"upload {Path(folder).name}/",
+            lambda: self.client.log_artifacts(run_id, str(folder), artifact_path=artifact_path),
+        )
