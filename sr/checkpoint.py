@@ -1,0 +1,214 @@
+"""Reading published/own SR checkpoints into registered models, and crash-safe saving.
+
+Loading is always ``torch.load(..., map_location="cpu", weights_only=True)``: a checkpoint that needs arbitrary
+pickled code is refused, never executed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sr.errors import CheckpointError
+
+__all__ = ["WRAPPER_KEYS", "load_weights", "read_checkpoint", "read_state_dict", "save_checkpoint"]
+
+# Keys under which training frameworks nest the weights, in order of preference: BasicSR/SwinIR save the EMA
+# weights as 'params_ema' (the ones their papers report) next to 'params'; Lightning and many repos use
+# 'state_dict'; others 'model'.
+WRAPPER_KEYS: tuple[str, ...] = ("params_ema", "params", "state_dict", "model")
+
+_FIX = "pass --arch matching the checkpoint or the right --set knobs"
+
+
+def _one_line(text: str, limit: int = 240) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def read_checkpoint(path: str | Path) -> Any:
+    """Load any checkpoint object (weights-only) on the CPU, e.g. a full training state for resuming.
+
+    Raises:
+        CheckpointError: the file is missing, or torch cannot load it with ``weights_only=True`` (corrupt, not a
+            checkpoint, or pickled code).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}; pass the path of a .pth file")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint path {path} is a folder; pass the path of a .pth file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ValueError... by format
+        reason, fix = _load_failure(exc)
+        raise CheckpointError(f"cannot read checkpoint {path} ({reason}); {fix}") from None
+
+
+def _load_failure(exc: Exception) -> tuple[str, str]:
+    """(reason, fix), one line each, for a failed weights-only ``torch.load`` (torch's message spans lines)."""
+    msg = str(exc)
+    if m := re.search(r"Unsupported global: GLOBAL (\S+)", msg):
+        return (
+            f"it pickles the Python object {m[1]}, which weights-only loading refuses to run",
+            "re-save only tensors, e.g. torch.save(model.state_dict(), path)",
+        )
+    if "WeightsUnpickler error:" in msg:
+        # e.g. random bytes: torch's legacy-format fallback unpickles them and trips on an opcode
+        detail = msg.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+        return f"not a PyTorch checkpoint: {_one_line(detail, 120)}", "pass a .pth file written by torch.save"
+    if "PytorchStreamReader" in msg:  # the zip container is cut short or damaged
+        first = msg.split(". ", 1)[0]
+        return f"truncated or corrupt archive: {_one_line(first, 120)}", "re-download it or pass another checkpoint"
+    if isinstance(exc, EOFError):
+        return "the file is empty or truncated", "re-download it or pass another checkpoint"
+    return f"{type(exc).__name__}: {_one_line(msg, 160)}", "pass a .pth file written by torch.save"
+
+
+def read_state_dict(path: str | Path, *, key: str | None = None) -> dict[str, torch.Tensor]:
+    """Load a state dict (tensors on the CPU), unwrapping the usual training wrappers.
+
+    Without ``key``, nested dicts are unwrapped while they hold one of ``WRAPPER_KEYS``, taking the first present
+    in the order ``params_ema`` > ``params`` > ``state_dict`` > ``model`` (so EMA weights win when both are
+    saved). With ``key`` (e.g. ``"params"``), exactly that entry is used.
+
+    Raises:
+        CheckpointError: missing/unreadable file, absent ``key``, or content that is not name -> tensor.
+    """
+    return _unwrap(read_checkpoint(path), key=key, src=str(path))
+
+
+def _unwrap(obj: Any, *, key: str | None, src: str) -> dict[str, torch.Tensor]:
+    """The name -> tensor mapping inside a loaded checkpoint object (see :func:`read_state_dict`)."""
+    if key is not None:
+        if not isinstance(obj, Mapping) or key not in obj:
+            have = ", ".join(map(str, list(obj)[:8])) if isinstance(obj, Mapping) else type(obj).__name__
+            raise CheckpointError(
+                f"checkpoint {src} has no entry {key!r} (top level: {have}); pass another key or none"
+            )
+        obj = obj[key]
+    else:
+        for _ in range(3):  # e.g. {'state_dict': {'model': {...}}}; deeper nesting is not a known layout
+            wrapped = (
+                next((k for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
+                if isinstance(obj, Mapping)
+                else None
+            )
+            if wrapped is None:
+                break
+            obj = obj[wrapped]
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(
+            f"checkpoint {src} holds {type(obj).__name__ if obj is not None else 'None'}, not a state dict "
+            f"(name -> tensor); pass a model checkpoint"
+        )
+    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {src} is not a state dict: entry {bad[0]!r} is {type(obj[bad[0]]).__name__}, not a "
+            f"tensor (top level: {', '.join(map(str, list(obj)[:6]))}); pass key= naming the weights entry"
+        )
+    return {str(k): v for k, v in obj.items()}
+
+
+def load_weights(
+    model: nn.Module,
+    path_or_sd: str | Path | Mapping[str, torch.Tensor],
+    *,
+    arch: str,
+    key: str | None = None,
+) -> nn.Module:
+    """Load a checkpoint into ``model`` (built as ``arch``) strictly, converting foreign layouts first.
+
+    Steps: read (see :func:`read_state_dict`), drop a ``module.`` prefix on every key (DataParallel/DDP saves),
+    apply the family's ``convert_state_dict`` (e.g. EDSR-PyTorch names -> ours), then compare names and shapes
+    with the model before ``load_state_dict(strict=True)``.
+
+    Returns:
+        ``model``, with the weights loaded.
+
+    Raises:
+        CheckpointError: unreadable checkpoint, or one line naming ``arch``, the first 3 missing/unexpected/
+            shape-mismatched keys and the fix.
+        ConfigError: unknown ``arch``.
+    """
+    from sr.models import family_of, get_family  # lazy: importing sr.models builds the whole registry
+
+    convert = get_family(family_of(arch)).convert_state_dict
+    if isinstance(path_or_sd, Mapping):  # an already loaded checkpoint: unwrapped the same way
+        src = "state dict"
+        sd = _unwrap(path_or_sd, key=key, src=src)
+    else:
+        src = str(path_or_sd)
+        sd = read_state_dict(path_or_sd, key=key)
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
+    if convert is not None:
+        try:
+            sd = dict(convert(sd))
+        except (KeyError, ValueError, IndexError, RuntimeError) as exc:
+            reason = _one_line(f"{type(exc).__name__}: {exc}", 160)
+            raise CheckpointError(f"cannot convert checkpoint {src} for arch {arch!r} ({reason}); {_FIX}") from None
+
+    mine = model.state_dict()
+    shape = [
+        f"{k} (checkpoint {tuple(sd[k].shape)} vs model {tuple(v.shape)})"
+        for k, v in mine.items()
+        if k in sd and tuple(sd[k].shape) != tuple(v.shape)
+    ]
+    missing = [f"missing {k}" for k in mine if k not in sd]
+    unexpected = [f"unexpected {k}" for k in sd if k not in mine]
+    # round-robin over the kinds, so the example shows e.g. both a missing and an unexpected name
+    kinds = [shape, missing, unexpected]
+    problems = [kind[i] for i in range(3) for kind in kinds if i < len(kind)]
+    if problems:
+        raise CheckpointError(
+            f"checkpoint {src} does not fit arch {arch!r}: {len(shape)} shape mismatch(es), {len(missing)} "
+            f"missing, {len(unexpected)} unexpected key(s), e.g. {'; '.join(problems[:3])}; {_FIX}"
+        )
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as exc:  # e.g. a dtype that cannot be copied; names and shapes were already checked
+        reason = _one_line(str(exc), 160)
+        raise CheckpointError(f"cannot load checkpoint {src} into arch {arch!r} ({reason}); {_FIX}") from None
+    return model
+
+
+def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
+    """Write ``state`` with ``torch.save`` atomically: a temporary file in the same folder, fsync, then
+    ``os.replace``, so a crash mid-save leaves the previous checkpoint at ``path`` intact.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # same folder, so os.replace is an atomic rename; opened with "x" (unlike mkstemp's 0600) to honour the umask
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        with open(tmp, "xb") as f:
+            torch.save(dict(state), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable; not every filesystem lets a folder be opened
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return path
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+    return path
