@@ -29,7 +29,8 @@ class EvalResult:
 
 def to_tensor(img: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
     """uint8 HxWx3 -> float32 1x3xHxW in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float().div_(255).to(device)
+    # Copy: benchmark arrays may be read-only views shared with the LR cache.
+    return torch.from_numpy(np.array(img, dtype=np.float32)).permute(2, 0, 1)[None].div_(255).to(device)
 
 
 def to_uint8(t: torch.Tensor) -> np.ndarray:
