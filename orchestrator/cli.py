@@ -80,9 +80,11 @@ def complexity_row(arch: str, *, scale: int, knobs: dict[str, Any]) -> dict[str,
     from sr.complexity import COUNTER_NAME, build_on_meta, count_macs_for, count_params, lr_shape_for
     from sr.models import arch_tag, build
     from sr.published import published_for
+    from sr.reparam import fold
 
     def builder():
-        return build(arch, scale=scale, **knobs)
+        # Counted as deployed: collapsible blocks folded (REFERENCE.md §5).
+        return fold(build(arch, scale=scale, **knobs))
 
     model = build_on_meta(builder)
     row: dict[str, Any] = {

@@ -52,12 +52,14 @@ def price(arch: str, **knobs: Any) -> Price:
 @lru_cache(maxsize=4096)
 def _price_cached(arch: str, knob_items: tuple[tuple[str, Any], ...]) -> Price:
     from sr.models import build, resolve_knobs
+    from sr.reparam import fold
 
     knobs = dict(knob_items)
     scale = int(resolve_knobs(arch, **knobs).get("scale", 2))
 
     def builder():
-        return build(arch, **knobs)
+        # Priced as deployed: re-parameterised blocks folded (REFERENCE.md §5).
+        return fold(build(arch, **knobs))
 
     model = build_on_meta(builder)
     return Price(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # Explicit imports fill the registry; order is irrelevant.
-from sr.models import edsr, imdn, rfdn, swinir  # noqa: F401
+from sr.models import edsr, imdn, imdn_clb, rfdn, swinir  # noqa: F401
 from sr.models._registry import (
     Family,
     Variant,
