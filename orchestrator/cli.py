@@ -220,6 +220,88 @@ def eval_(
     _print_table(rows, list(rows[0]), title=f"{arch} x{scale} on {data}")
 
 
+# ------------------------------------------------------------------------------------------------------ allocate
+@app.command()
+def allocate(
+    arch: Annotated[str, typer.Option(help="Teacher variant whose C/L/B is compressed, e.g. edsr_baseline")],
+    density: Annotated[float, typer.Option(help="Density d from pruning (non-zero fraction of deep weights)")],
+    scale: Annotated[int, typer.Option(help="Upscaling factor")] = 2,
+    as_json: JsonOpt = False,
+) -> None:
+    """The paper's C/L/B allocation for a density, with the exact params/MACs of the compact model."""
+    from sr.compress import allocate_arch
+    from sr.models import arch_tag
+
+    alloc, knobs = allocate_arch(arch, density)
+    knobs = {**knobs, "scale": scale}
+    row = complexity_row(arch, scale=scale, knobs={k: v for k, v in knobs.items() if k != "scale"})
+    out = {
+        "arch": arch,
+        "density": density,
+        "C": alloc.C,
+        "L": alloc.L,
+        "B": alloc.B,
+        "tag": arch_tag(arch, **knobs),
+        "predicted_ratio": alloc.predicted_ratio,
+        "params": row["params"],
+        "macs_720p": row["macs_720p"],
+        "macs_lr256": row["macs_lr256"],
+    }
+    if as_json:
+        print(json.dumps(out))
+        return
+    print(
+        f"{arch} at d={density}: C{alloc.C} L{alloc.L} B{alloc.B} ({out['tag']}); params {out['params']:,}; "
+        f"MACs {_fmt_g(out['macs_720p'])} (720p) / {_fmt_g(out['macs_lr256'])} (LR256); "
+        f"C'^2L'B'/(C^2LB) = {alloc.predicted_ratio:.4f}"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------- run
+@app.command()
+def run(
+    job: Annotated[str, typer.Argument(help="Job spec YAML, e.g. search_spaces/demo.yaml")],
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster: omit for a local one, 'auto', or ray://HOST:10001")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the job stored under the spec's storage")] = False,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow URI (default: sqlite under storage)")] = None,
+    num_cpus: Annotated[int | None, typer.Option(help="CPUs of the local Ray cluster (default: all)")] = None,
+) -> None:
+    """Prune -> allocate -> cache -> multi-objective search; prints the Pareto front."""
+    from orchestrator.job import run_job
+
+    summary = run_job(job, address=address, resume=resume, tracking_uri=tracking_uri, num_cpus=num_cpus)
+    print_summary(summary)
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    counts = summary.get("counts", {})
+    front = summary.get("front")
+    trained = counts.get("completed", 0) + counts.get("stopped-early", 0)
+    print(
+        f"[srcompress] done in {summary.get('seconds', 0):.0f}s: {trained} trained "
+        f"({counts.get('completed', 0)} completed, {counts.get('stopped-early', 0)} stopped early), "
+        f"{counts.get('infeasible', 0)} infeasible skipped (0 trained), {counts.get('failed', 0)} failed; "
+        f"density {summary.get('density')}, paper rule {summary.get('allocation')}"
+    )
+    if front is not None and len(front):
+        rows = []
+        for _, r in front.iterrows():
+            rows.append(
+                {
+                    "run": r.get("run_name", ""),
+                    "PSNR_Y": f"{r.get('psnr_y', float('nan')):.3f}",
+                    "SSIM_Y": f"{r.get('ssim_y', float('nan')):.4f}",
+                    "params": _fmt_int(int(r["params"])) if r.get("params") == r.get("params") else "-",
+                    "MACs 720p": _fmt_g(r.get("macs_720p")),
+                    "paper rule": str(r.get("paper_rule", "")),
+                    "run id": r.get("run_id", ""),
+                }
+            )
+        _print_table(rows, list(rows[0]), title="Pareto front (PSNR_Y vs MACs)")
+
+
 # ------------------------------------------------------------------------------------------------------- entry
 def _wants_debug(argv: list[str]) -> tuple[bool, list[str]]:
     debug = os.environ.get("SRCOMPRESS_DEBUG", "") not in ("", "0")

@@ -1,0 +1,356 @@
+"""Ray Tune + Optuna multi-objective search; every feasible trial is a Ray Train KD run.
+
+Distributed structure:
+  [T1] ``Tuner`` on the driver with an ``OptunaSearch`` (NSGA-II / MO-TPE / random) and optional ASHA.
+  [T2] ``run_trial``: a Tune function trainable per trial (holds one unit of the custom ``TRIAL_RESOURCE``, so
+       it takes no CPU from its workers). It prices the architecture, measures latency if budgeted, opens the
+       trial's MLflow child run and then...
+  [T3] ...fits a ``TorchTrainer(kd_worker)`` whose metrics reach Tune through ``TuneReportCallback``.
+Budgets: params/MACs are priced inside the define-by-run function and attached to the Optuna trial with
+``trial.set_constraint``; an infeasible configuration returns at once from ``run_trial`` (never trained) with a
+marker result. Latency is only known on the trial's device, so ``run_trial`` reports it and ``_BudgetedOptuna``
+attaches that constraint before telling Optuna.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ray.tune.search.optuna import OptunaSearch
+
+from search_spaces.sampling import ARCH_DIMS, KD_DIMS, suggest
+from sr.budget import Budget, constraint_values, price
+
+log = logging.getLogger(__name__)
+
+TRIAL_RESOURCE = "srcompress_trial"  # custom resource held by each trial driver (not by its Train workers)
+INFEASIBLE_PSNR = 0.0  # objective value reported for configurations that were never trained
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """Everything the Tune layer needs, as plain values (built from the job spec by ``orchestrator.job``)."""
+
+    name: str
+    storage: str
+    student_arch: str
+    space: Mapping[str, Any]  # C/L/B/KD dims: ranges or fixed values (search_spaces.sampling)
+    budget: Budget
+    objectives: tuple[tuple[str, str], ...]  # (result key, "max"|"min"), first is the PSNR objective
+    algorithm: str = "nsga2"
+    num_samples: int = 8
+    max_concurrent_trials: int | None = None
+    seed: int = 0
+    asha: Mapping[str, Any] | None = None  # {"grace_period": steps, "reduction_factor": 2}
+    paper_point: Mapping[str, Any] | None = None  # enqueued first
+    worker: Mapping[str, Any] = field(default_factory=dict)  # kd_worker config template
+    workers_per_trial: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    use_gpu: bool = False
+    max_failures: int = 1
+    tracking: Mapping[str, Any] | None = None  # {"uri", "experiment_id", "parent_run_id"}
+    scale: int = 2
+
+    @property
+    def tune_dir(self) -> Path:
+        return Path(self.storage) / "tune"
+
+
+# ---------------------------------------------------------------------------------------------- naming / arch
+def student_knobs(config: Mapping[str, Any], plan: SearchPlan) -> dict[str, Any]:
+    """Model knobs of a sampled config: C/L/B plus the space's fixed knobs (not KD weights)."""
+    from sr.models import get_family, get_variant
+
+    valid = set(get_family(get_variant(plan.student_arch).family).knobs)
+    knobs = {k: v for k, v in config.items() if k in valid}
+    knobs.setdefault("scale", plan.scale)
+    return knobs
+
+
+def trial_name(config: Mapping[str, Any], plan: SearchPlan, trial_id: str) -> str:
+    """``edsr_C16L1B8_x2_kd_<id>``: the Ray trial name and the MLflow child run name."""
+    from sr.models import arch_tag
+
+    return f"{arch_tag(plan.student_arch, **student_knobs(config, plan))}_kd_{trial_id[-5:]}"
+
+
+# ------------------------------------------------------------------------------------------- define-by-run
+class SpaceFn:
+    """The define-by-run function: sample, price, attach budget constraints to the Optuna trial.
+
+    A class (not a closure) so Tune can pickle the searcher into its experiment checkpoint for ``--resume``.
+    """
+
+    def __init__(self, plan: SearchPlan) -> None:
+        self.plan = plan
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        plan = self.plan
+        cfg = suggest(trial, plan.space)
+        p = price(plan.student_arch, **student_knobs(cfg, plan))
+        cons = constraint_values(p, plan.budget)
+        for name, value in cons.items():
+            trial.set_constraint(name, value)
+        return {
+            "_infeasible": any(v > 0 for v in cons.values()),
+            "_paper_rule": _is_enqueued(trial),
+            "_price": p.as_dict(),
+        }
+
+
+def make_space_fn(plan: SearchPlan) -> SpaceFn:
+    return SpaceFn(plan)
+
+
+def _is_enqueued(trial: Any) -> bool:
+    """Whether Optuna's trial came from ``enqueue_trial`` (the paper-rule seed): it then has fixed params."""
+    attrs = trial.storage.get_trial_system_attrs(trial._trial_id)
+    return "fixed_params" in attrs
+
+
+class BudgetedOptunaSearch(OptunaSearch):
+    """OptunaSearch that attaches the latency constraint measured by the trial before Optuna is told the result."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None and result and "constraint_latency_ms" in result:
+            with contextlib.suppress(ValueError, TypeError):
+                ot_trial.set_constraint("latency_ms", float(result["constraint_latency_ms"]))
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+
+def make_searcher(plan: SearchPlan):
+    """[T1] OptunaSearch over the define-by-run space with the chosen multi-objective sampler."""
+    import optuna
+
+    samplers = {
+        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=plan.seed, population_size=max(4, plan.num_samples // 3)),
+        "motpe": lambda: optuna.samplers.TPESampler(seed=plan.seed, n_startup_trials=max(2, plan.num_samples // 4)),
+        "random": lambda: optuna.samplers.RandomSampler(seed=plan.seed),
+    }
+    sampler = samplers[plan.algorithm]()
+    points = [dict(plan.paper_point)] if plan.paper_point else None
+    return BudgetedOptunaSearch(
+        space=make_space_fn(plan),
+        metric=[k for k, _ in plan.objectives],
+        mode=[m for _, m in plan.objectives],
+        sampler=sampler,
+        points_to_evaluate=points,
+    )
+
+
+# ------------------------------------------------------------------------------------------------- the trial
+def _marker_result(plan: SearchPlan, price_d: Mapping[str, int], **extra: Any) -> dict[str, Any]:
+    """A result for a configuration that was never trained; holds every objective key (Tune/Optuna need them)."""
+    res: dict[str, Any] = {**price_d, "step": 0, "infeasible": 1, "trained": 0}
+    for key, _mode in plan.objectives:
+        res.setdefault(key, INFEASIBLE_PSNR if key.startswith(("psnr", "ssim", "val_")) else float(res.get(key, 0)))
+    res.setdefault("val_psnr_y", INFEASIBLE_PSNR)
+    res.update(extra)
+    return res
+
+
+def _latency_ms(plan: SearchPlan, knobs: Mapping[str, Any]) -> float:
+    """Latency of the folded student on this trial's device, cached per architecture in the job's storage."""
+    import fcntl
+
+    import torch
+
+    from sr.complexity import measure_latency_ms
+    from sr.models import arch_tag, build
+
+    device = plan.budget.latency_device
+    if device == "cuda" and not torch.cuda.is_available():
+        device = "cpu"
+    key = f"{arch_tag(plan.student_arch, **knobs)}@{device}"
+    path = Path(plan.storage) / "latency_cache.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        cache = json.loads(path.read_text()) if path.exists() else {}
+        if key not in cache:
+            from sr.complexity import lr_shape_for
+
+            model = _deploy(build(plan.student_arch, **knobs))
+            shape = lr_shape_for("720p", int(knobs.get("scale", plan.scale)))
+            cache[key] = measure_latency_ms(model, shape, device=device, warmup=2, repeats=5).median_ms
+            path.write_text(json.dumps(cache, indent=1))
+    return float(cache[key])
+
+
+def _deploy(model: Any) -> Any:
+    from sr.reparam import fold
+
+    return fold(model)
+
+
+def run_trial(config: dict[str, Any], plan: SearchPlan) -> None:
+    """[T2] One search trial: budget checks, MLflow child run, then [T3] a TorchTrainer KD run."""
+    import ray.tune
+
+    from orchestrator import trial_tracking as tt
+
+    ctx = ray.tune.get_context()
+    trial_id = ctx.get_trial_id()
+    name = ctx.get_trial_name()
+    knobs = student_knobs(config, plan)
+    price_d = dict(config.get("_price") or price(plan.student_arch, **knobs).as_dict())
+    kd_params = {k: config[k] for k in KD_DIMS if k in config}
+    run_id = tt.open_trial_run(plan, trial_id=trial_id, name=name, knobs=knobs, kd=kd_params, config=config)
+
+    if config.get("_infeasible"):
+        tt.close_trial_run(plan, run_id, status="infeasible", metrics=price_d)
+        ray.tune.report(_marker_result(plan, price_d))
+        return
+    extra: dict[str, Any] = {}
+    if plan.budget.max_latency_ms is not None:
+        lat = _latency_ms(plan, knobs)
+        extra = {"latency_ms": lat, "constraint_latency_ms": lat / plan.budget.max_latency_ms - 1.0}
+        if lat > plan.budget.max_latency_ms:
+            tt.close_trial_run(plan, run_id, status="infeasible", metrics={**price_d, "latency_ms": lat})
+            ray.tune.report(_marker_result(plan, price_d, **extra))
+            return
+
+    t0 = time.time()
+    result = _fit_kd_trainer(
+        plan,
+        config,
+        name=name,
+        knobs=knobs,
+        kd_params=kd_params,
+        run_id=run_id,
+        extra={
+            **price_d,
+            **extra,
+        },
+    )
+    final = dict(result.metrics or {})
+    final["train_time_s"] = time.time() - t0
+    tt.close_trial_run(plan, run_id, status="completed", metrics=final)
+
+
+def _fit_kd_trainer(
+    plan: SearchPlan,
+    config: Mapping[str, Any],
+    *,
+    name: str,
+    knobs: Mapping[str, Any],
+    kd_params: Mapping[str, Any],
+    run_id: str | None,
+    extra: Mapping[str, Any],
+):
+    """[T3] The trial's TorchTrainer; its metrics stream to Tune through TuneReportCallback."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from orchestrator.workers import kd_worker
+
+    worker_cfg = json.loads(json.dumps(plan.worker))  # a deep copy that is plain JSON
+    worker_cfg["trial_name"] = name
+    worker_cfg["student"] = {"arch": plan.student_arch, "knobs": dict(knobs)}
+    worker_cfg["kd"] = {**worker_cfg.get("kd", {}), **kd_params}
+    worker_cfg["static_metrics"] = dict(extra)
+    if plan.tracking and run_id:
+        worker_cfg["tracking"] = {"uri": plan.tracking["uri"], "run_id": run_id}
+    scaling = ScalingConfig(
+        num_workers=plan.workers_per_trial,
+        use_gpu=plan.use_gpu,
+        resources_per_worker={"CPU": plan.cpus_per_worker, **({"GPU": plan.gpus_per_worker} if plan.use_gpu else {})},
+    )
+    trainer = TorchTrainer(
+        kd_worker,
+        train_loop_config=worker_cfg,
+        scaling_config=scaling,
+        run_config=RunConfig(
+            # The same name resumes this trial's Train run after a driver restart (same storage).
+            name=name,
+            storage_path=str(Path(plan.storage).resolve() / "train"),
+            failure_config=FailureConfig(max_failures=plan.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=[TuneReportCallback()],
+        ),
+    )
+    return trainer.fit()
+
+
+# ----------------------------------------------------------------------------------------------- the tuner
+def max_concurrent(plan: SearchPlan, cluster: Mapping[str, float]) -> int:
+    """Trials that fit at once: the cluster's CPUs (and GPUs) over one trial's workers, at least 1."""
+    if plan.max_concurrent_trials:
+        return plan.max_concurrent_trials
+    per_trial_cpu = plan.workers_per_trial * plan.cpus_per_worker
+    n = int(cluster.get("CPU", 0) // per_trial_cpu) if per_trial_cpu else plan.num_samples
+    if plan.use_gpu and plan.gpus_per_worker:
+        n = min(n, int(cluster.get("GPU", 0) // (plan.workers_per_trial * plan.gpus_per_worker)))
+    return max(1, min(n, plan.num_samples))
+
+
+def make_tuner(plan: SearchPlan, *, callbacks: list | None = None, resume: bool = False):
+    """[T1] The Tuner (fresh, or restored from the job's storage with its searcher state)."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), {TRIAL_RESOURCE: 1})
+    tune_dir = plan.tune_dir
+    exp_dir = tune_dir / plan.name
+    if resume and tune.Tuner.can_restore(str(exp_dir)):
+        return tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, restart_errored=True), True
+    scheduler = None
+    if plan.asha:
+        scheduler = ASHAScheduler(
+            time_attr="step",
+            metric="val_psnr_y",
+            mode="max",
+            max_t=int(plan.worker.get("kd", {}).get("steps", 1000)),
+            grace_period=int(plan.asha.get("grace_period", 1)),
+            reduction_factor=float(plan.asha.get("reduction_factor", 2)),
+        )
+    concurrent = max_concurrent(plan, ray.cluster_resources())
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=make_searcher(plan),
+            scheduler=scheduler,
+            num_samples=plan.num_samples,
+            max_concurrent_trials=concurrent,
+            trial_name_creator=lambda t: trial_name(t.config, plan, t.trial_id),
+            trial_dirname_creator=lambda t: trial_name(t.config, plan, t.trial_id),
+        ),
+        run_config=tune.RunConfig(
+            name=plan.name, storage_path=str(tune_dir.resolve()), callbacks=callbacks or [], verbose=0
+        ),
+    )
+    return tuner, False
+
+
+def with_plan(plan: SearchPlan, **changes: Any) -> SearchPlan:
+    return replace(plan, **changes)
+
+
+def finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+__all__ = [
+    "ARCH_DIMS",
+    "SearchPlan",
+    "TRIAL_RESOURCE",
+    "make_searcher",
+    "make_space_fn",
+    "make_tuner",
+    "max_concurrent",
+    "run_trial",
+    "student_knobs",
+    "trial_name",
+]

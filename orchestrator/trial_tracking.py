@@ -1,0 +1,122 @@
+"""MLflow child runs of search trials: opened by the trial, closed by the trial or, if Tune stopped it, by the
+driver's ``TrialStatusCallback``. A trial that is restarted (driver resume, retry) reuses its run, found by the
+Ray trial id tag, so nothing is duplicated."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from orchestrator.tracking import KIND_TAG, STATUS_TAG, Tracker
+
+log = logging.getLogger(__name__)
+
+TRIAL_ID_TAG = "srcompress.trial_id"
+TERMINAL = ("completed", "stopped-early", "infeasible", "failed")
+
+
+def _tracker(plan: Any) -> Tracker | None:
+    if not plan.tracking:
+        return None
+    return Tracker(plan.tracking["uri"])
+
+
+def find_trial_run(tracker: Tracker, experiment_id: str, parent_run_id: str, trial_id: str):
+    runs = tracker.find_runs(
+        experiment_id, f"tags.`{TRIAL_ID_TAG}` = '{trial_id}' and tags.`mlflow.parentRunId` = '{parent_run_id}'"
+    )
+    return runs[0] if runs else None
+
+
+def open_trial_run(
+    plan: Any,
+    *,
+    trial_id: str,
+    name: str,
+    knobs: Mapping[str, Any],
+    kd: Mapping[str, Any],
+    config: Mapping[str, Any],
+) -> str | None:
+    """Create (or find, after a restart) the child run of a trial and log its params; returns the run id."""
+    tracker = _tracker(plan)
+    if tracker is None:
+        return None
+    exp, parent = plan.tracking["experiment_id"], plan.tracking["parent_run_id"]
+    existing = find_trial_run(tracker, exp, parent, trial_id)
+    if existing is not None:
+        return existing.info.run_id
+    from sr.models import family_of
+
+    run_id = tracker.start_run(
+        exp,
+        name,
+        parent_run_id=parent,
+        tags={KIND_TAG: "trial", STATUS_TAG: "running", TRIAL_ID_TAG: trial_id, "ray_trial_name": name},
+    )
+    params = {
+        **{k: v for k, v in knobs.items()},
+        **dict(kd),
+        "family": family_of(plan.student_arch),
+        "arch": plan.student_arch,
+        "seed": plan.worker.get("kd", {}).get("seed", plan.seed),
+        "paper_rule": bool(config.get("_paper_rule", False)),
+        "steps": plan.worker.get("kd", {}).get("steps"),
+    }
+    tracker.log_params(run_id, params)
+    return run_id
+
+
+def close_trial_run(plan: Any, run_id: str | None, *, status: str, metrics: Mapping[str, Any]) -> None:
+    """Log the final metrics and the status tag, and end the run."""
+    tracker = _tracker(plan)
+    if tracker is None or run_id is None:
+        return
+    final = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    step = int(final.get("step", 0))
+    tracker.log_metrics(run_id, final, step=step)
+    tracker.set_tags(run_id, {STATUS_TAG: status})
+    tracker.end_run(run_id, "FAILED" if status == "failed" else "FINISHED")
+
+
+def make_status_callback(plan: Any):
+    """A Tune Callback on the driver that closes runs Tune ended itself (ASHA stop -> stopped-early, error ->
+    failed), keeping the trial's last metrics, and prints one progress line per finished trial."""
+    from ray.tune import Callback
+
+    class TrialStatusCallback(Callback):
+        def __init__(self) -> None:
+            self.counts = {s: 0 for s in TERMINAL}
+
+        def _close(self, trial: Any, status: str) -> None:
+            result = dict(trial.last_result or {})
+            if result.get("infeasible"):
+                status = "infeasible"
+            elif status == "completed" and result.get("done_training") != 1:
+                # Tune stopped it (ASHA) before its TorchTrainer finished.
+                status = "stopped-early"
+            tracker = _tracker(plan)
+            if tracker is not None:
+                run = find_trial_run(
+                    tracker, plan.tracking["experiment_id"], plan.tracking["parent_run_id"], trial.trial_id
+                )
+                if run is not None and run.data.tags.get(STATUS_TAG) not in TERMINAL:
+                    close_trial_run(plan, run.info.run_id, status=status, metrics=result)
+                elif run is not None:
+                    status = run.data.tags.get(STATUS_TAG, status)
+            self.counts[status] = self.counts.get(status, 0) + 1
+            psnr = result.get("psnr_y")
+            print(
+                f"[srcompress] trial {trial.trial_id} {str(trial)[:40]:<40} {status:<13} "
+                f"psnr_y={psnr if psnr is None else round(float(psnr), 3)} "
+                f"params={result.get('params')} | done: " + ", ".join(f"{k} {v}" for k, v in self.counts.items() if v),
+                flush=True,
+            )
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._close(trial, "completed")
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._close(trial, "failed")
+
+    return TrialStatusCallback()

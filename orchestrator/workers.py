@@ -1,0 +1,276 @@
+"""Ray Train per-worker functions: turn a plain config dict into ``sr`` objects and call the ``sr`` loops.
+
+Distributed structure (one TorchTrainer per call):
+  [W1] ``prune_worker``  — OBProx-SG fine-tune of the teacher (``sr.prune.prune_finetune``); once per job.
+  [W2] ``kd_worker``     — distillation of one student (``sr.distill.fit_kd``); once per search trial.
+Both run on every rank (DDP via ``ray.train.torch.prepare_model``: gloo on CPU, nccl on GPU), report metrics with
+``ray.train.report`` from every rank (Train V2 needs all ranks to report), and attach checkpoints on rank 0 only.
+A restarted worker group (``FailureConfig``) finds the last reported checkpoint through ``ray.train.get_checkpoint``
+and resumes from its step, not from step 0.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+RESUMED_FROM_KEY = "resumed_from_step"
+
+
+# ------------------------------------------------------------------------------------------------ shared bits
+def load_model(spec: dict[str, Any]) -> torch.nn.Module:
+    """Build ``{"arch", "knobs", "weights"}`` and load its weights (weights_only) when given."""
+    from sr.checkpoint import load_weights
+    from sr.models import build
+
+    model = build(spec["arch"], **spec.get("knobs", {}))
+    if spec.get("weights"):
+        load_weights(model, spec["weights"], arch=spec["arch"])
+    return model
+
+
+def train_sources(data: dict[str, Any]) -> list:
+    from sr.data import resolve_train_sources
+
+    return resolve_train_sources(data.get("train"))
+
+
+def val_pairs(data: dict[str, Any], scale: int) -> list:
+    from sr.data import fallback_eval_pairs, load_eval_pairs
+
+    if data.get("val"):
+        return load_eval_pairs(data["val"], scale, skip_bad=bool(data.get("skip_bad", False)))
+    return fallback_eval_pairs(scale)
+
+
+def _restore_checkpoint(local_root: Path) -> tuple[Path | None, int]:
+    """Copy the last reported Ray checkpoint (if any) into ``local_root/step_*``; return it and its step."""
+    import ray.train
+
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return None, 0
+    with ckpt.as_directory() as d:
+        meta = json.loads((Path(d) / "ray_meta.json").read_text())
+        dest = local_root / f"step_{meta['step']:07d}"
+        if not dest.exists():
+            shutil.copytree(d, dest)
+    return dest, int(meta["step"])
+
+
+def _reporter(
+    static: dict[str, Any], tracker_info: dict[str, Any] | None, rank: int, world: int, *, total_steps: int = 0
+):
+    """The ``report(metrics, checkpoint_dir)`` callback handed to the ``sr`` loops."""
+    import ray.train
+
+    tracker = None
+    if rank == 0 and tracker_info and tracker_info.get("run_id"):
+        from orchestrator.tracking import Tracker
+
+        tracker = Tracker(tracker_info["uri"])
+
+    def report(metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+        out = {**static, **{k: v for k, v in metrics.items() if _is_scalar(v)}}
+        if "val_psnr_y" in out:
+            # The search objective is the latest validation PSNR; ASHA and Optuna read it from every report.
+            out["psnr_y"] = out["val_psnr_y"]
+            out["ssim_y"] = out.get("val_ssim_y", out.get("ssim_y"))
+        if total_steps and int(out.get("step", 0)) >= total_steps:
+            out["done_training"] = 1  # lets the driver tell a finished trial from one ASHA stopped
+        if tracker is not None:
+            tracker.log_metrics(tracker_info["run_id"], _step_metrics(out), step=int(out.get("step", 0)))
+        checkpoint = None
+        if checkpoint_dir is not None and rank == 0:
+            (Path(checkpoint_dir) / "ray_meta.json").write_text(json.dumps({"step": int(out.get("step", 0))}))
+            checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir)
+        ray.train.report(out, checkpoint=checkpoint)
+
+    return report
+
+
+_STATIC = ("params", "macs_720p", "macs_lr256", "latency_ms")
+
+
+def _step_metrics(m: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in m.items() if isinstance(v, (int, float)) and k not in _STATIC and k != "step"}
+
+
+def _is_scalar(v: Any) -> bool:
+    return isinstance(v, (int, float, str, bool))
+
+
+def _context() -> tuple[int, int, torch.device]:
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    return ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device()
+
+
+def _prepare(model: torch.nn.Module, world: int) -> torch.nn.Module:
+    import ray.train.torch
+
+    # prepare_model moves to the worker's device and wraps in DDP when world > 1.
+    return ray.train.torch.prepare_model(model) if world > 1 else model.to(ray.train.torch.get_device())
+
+
+# ---------------------------------------------------------------------------------------------------- [W2] KD
+def kd_worker(config: dict[str, Any]) -> None:
+    """Per-worker KD: build student/teacher/data from ``config`` and run ``sr.distill.fit_kd``."""
+    from sr.data import PatchDataset
+    from sr.distill import KDConfig, fit_kd
+
+    torch.set_num_threads(int(config.get("threads", 1)))
+    rank, world, device = _context()
+    kd = KDConfig(**config["kd"])
+    student = _prepare(load_model(config["student"]), world)
+    data = config["data"]
+    teacher = None
+    if data.get("cache_dir"):
+        from sr.teacher_cache import CachedKDDataset
+
+        train_data = CachedKDDataset(data["cache_dir"], augment=True, seed=kd.seed)
+    else:
+        teacher = load_model(config["teacher"]).to(device)
+        sources = train_sources(data)
+
+        def train_data(hr_patch: int):  # the curriculum asks for one dataset per patch size
+            return PatchDataset(
+                sources,
+                scale=kd.scale,
+                hr_patch=hr_patch,
+                seed=kd.seed,
+                samples_per_epoch=kd.steps * kd.batch_size,
+                skip_bad=bool(data.get("skip_bad", False)),
+            )
+
+    pairs = val_pairs(data, kd.scale) if rank == 0 else None
+    local = Path(tempfile.mkdtemp(prefix=f"kd_{config.get('trial_name', 'run')}_r{rank}_"))
+    # Every rank restores the same (rank 0's) checkpoint, so all resume at one step.
+    resume_dir, resumed_step = _restore_checkpoint(local)
+    static = dict(config.get("static_metrics", {}))
+    static[RESUMED_FROM_KEY] = resumed_step
+    report = _reporter(static, config.get("tracking"), rank, world, total_steps=kd.steps)
+    if resumed_step:
+        print(f"[srcompress] kd worker rank {rank} resumed from checkpoint step {resumed_step}", flush=True)
+    result = fit_kd(
+        kd,
+        student=student,
+        teacher=teacher,
+        train_data=train_data,
+        val_pairs=pairs,
+        report=report,
+        checkpoint_dir=local,
+        resume_from=resume_dir,
+        rank=rank,
+        world_size=world,
+        device=device,
+    )
+    if rank == 0 and config.get("tracking", {}).get("run_id"):
+        _log_final_artifacts(config, result, pairs)
+    shutil.rmtree(local, ignore_errors=True)
+
+
+def _log_final_artifacts(config: dict[str, Any], result: Any, pairs: list | None) -> None:
+    """Rank 0 uploads the final weights, the config and a few SR crops to the trial's MLflow run."""
+    import numpy as np
+    from PIL import Image
+
+    from orchestrator.tracking import Tracker
+    from sr.evaluate import super_resolve
+
+    tracker = Tracker(config["tracking"]["uri"])
+    run_id = config["tracking"]["run_id"]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        model = result.model.module if hasattr(result.model, "module") else result.model
+        torch.save({"params": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, out / "weights.pth")
+        (out / "config.json").write_text(json.dumps(config, indent=2, default=str))
+        tracker.log_artifact(run_id, out / "weights.pth", "checkpoint")
+        tracker.log_artifact(run_id, out / "config.json")
+        samples = out / "samples"
+        samples.mkdir()
+        model = model.cpu().eval()
+        for p in (pairs or [])[:3]:
+            sr = super_resolve(model, p.lr)
+            h, w = sr.shape[:2]
+            crop = (slice(h // 4, h // 4 + 96), slice(w // 4, w // 4 + 96))
+            Image.fromarray(np.concatenate([sr[crop], p.hr[crop]], axis=1)).save(samples / f"{p.name}_sr_vs_hr.png")
+        if any(samples.iterdir()):
+            tracker.log_artifacts(run_id, samples, "samples")
+
+
+# ------------------------------------------------------------------------------------------------- [W1] prune
+def prune_worker(config: dict[str, Any]) -> None:
+    """Per-worker pruning: OBProx-SG fine-tune of the teacher; rank 0 writes the pruned weights + density."""
+    from sr.data import PatchDataset
+    from sr.prune import prune_finetune
+
+    torch.set_num_threads(int(config.get("threads", 1)))
+    rank, world, _ = _context()
+    p = config["prune"]
+    model = _prepare(load_model(config["teacher"]), world)
+    data = config["data"]
+    dataset = PatchDataset(
+        train_sources(data),
+        scale=int(config["scale"]),
+        hr_patch=int(p["hr_patch"]),
+        seed=int(p.get("seed", 0)),
+        samples_per_epoch=int(p["steps"]) * int(p["batch_size"]),
+        skip_bad=bool(data.get("skip_bad", False)),
+    )
+    local = Path(tempfile.mkdtemp(prefix=f"prune_r{rank}_"))
+    resume_dir, resumed_step = _restore_checkpoint(local)
+    static = {RESUMED_FROM_KEY: resumed_step}
+    report = _reporter(static, config.get("tracking"), rank, world, total_steps=int(p["steps"]))
+    result = prune_finetune(
+        model,
+        family=config["family"],
+        train_data=dataset,
+        steps=int(p["steps"]),
+        batch_size=int(p["batch_size"]),
+        lr=float(p["lr"]),
+        lambda_=float(p["lambda_"]),
+        epsilon=float(p["epsilon"]),
+        ema_decay=p.get("ema_decay"),
+        np_epochs=p.get("np_epochs"),
+        batches_per_epoch=p.get("batches_per_epoch"),
+        quirk_epoch_in_samples=bool(p.get("quirk_epoch_in_samples", False)),
+        milestones=tuple(p.get("milestones", ())),
+        gamma=float(p.get("gamma", 0.5)),
+        seed=int(p.get("seed", 0)),
+        log_every=int(p.get("log_every", 10)),
+        report=report,
+        checkpoint_dir=local,
+        resume=resume_dir is not None,
+        rank=rank,
+        world_size=world,
+    )
+    if rank == 0:
+        out = Path(config["output_dir"])
+        out.mkdir(parents=True, exist_ok=True)
+        raw = model.module if hasattr(model, "module") else model
+        from sr.checkpoint import save_checkpoint
+
+        save_checkpoint(out / "pruned.pth", {"params": {k: v.detach().cpu() for k, v in raw.state_dict().items()}})
+        d = result.density
+        (out / "density.json").write_text(
+            json.dumps(
+                {"density": d.density, "nonzero": d.nonzero, "total": d.total, "history": result.density_history}
+            )
+        )
+    shutil.rmtree(local, ignore_errors=True)
+
+
+def default_threads(cpus_per_worker: float) -> int:
+    """Intra-op threads per worker: its CPU share, at least 1 (oversubscription slows CPU training a lot)."""
+    return max(1, int(cpus_per_worker))
