@@ -267,11 +267,14 @@ def run(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the job stored under the spec's storage")] = False,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow URI (default: sqlite under storage)")] = None,
     num_cpus: Annotated[int | None, typer.Option(help="CPUs of the local Ray cluster (default: all)")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show Ray's worker logs too")] = False,
 ) -> None:
     """Prune -> allocate -> cache -> multi-objective search; prints the Pareto front."""
     from orchestrator.job import run_job
 
-    summary = run_job(job, address=address, resume=resume, tracking_uri=tracking_uri, num_cpus=num_cpus)
+    summary = run_job(
+        job, address=address, resume=resume, tracking_uri=tracking_uri, num_cpus=num_cpus, verbose=verbose
+    )
     print_summary(summary)
 
 
@@ -285,21 +288,27 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"{counts.get('infeasible', 0)} infeasible skipped (0 trained), {counts.get('failed', 0)} failed; "
         f"density {summary.get('density')}, paper rule {summary.get('allocation')}"
     )
-    if front is not None and len(front):
-        rows = []
-        for _, r in front.iterrows():
-            rows.append(
-                {
-                    "run": r.get("run_name", ""),
-                    "PSNR_Y": f"{r.get('psnr_y', float('nan')):.3f}",
-                    "SSIM_Y": f"{r.get('ssim_y', float('nan')):.4f}",
-                    "params": _fmt_int(int(r["params"])) if r.get("params") == r.get("params") else "-",
-                    "MACs 720p": _fmt_g(r.get("macs_720p")),
-                    "paper rule": str(r.get("paper_rule", "")),
-                    "run id": r.get("run_id", ""),
-                }
-            )
-        _print_table(rows, list(rows[0]), title="Pareto front (PSNR_Y vs MACs)")
+    trials = summary.get("trials")
+    if trials is None or not len(trials):
+        return
+    front_ids = set(front["run_id"]) if front is not None and len(front) else set()
+    rows = []
+    for _, r in trials.sort_values("psnr_y", ascending=False, na_position="last").iterrows():
+        psnr, ssim = r.get("psnr_y"), r.get("ssim_y")
+        rows.append(
+            {
+                "front": "*" if r["run_id"] in front_ids else "",
+                "trial": r.get("run_name", ""),
+                "status": r.get("status", ""),
+                "paper rule": "yes" if r.get("paper_rule") is True else "",
+                "PSNR_Y": "-" if psnr != psnr or psnr is None else f"{psnr:.3f}",
+                "SSIM_Y": "-" if ssim != ssim or ssim is None else f"{ssim:.4f}",
+                "params": _fmt_int(int(r["params"])) if r.get("params") == r.get("params") else "-",
+                "MACs 720p": _fmt_g(r.get("macs_720p")),
+                "run id": r.get("run_id", ""),
+            }
+        )
+    _print_table(rows, list(rows[0]), title="Trials (* = Pareto front, PSNR_Y vs MACs; infeasible ones never trained)")
 
 
 # ------------------------------------------------------------------------------------------------------- entry

@@ -65,7 +65,7 @@ class JobState:
 
 
 # -------------------------------------------------------------------------------------------------- [J1] ray
-def connect_ray(address: str | None, *, num_cpus: int | None = None) -> None:
+def connect_ray(address: str | None, *, num_cpus: int | None = None, verbose: bool = False) -> None:
     """Start a local Ray (default) or connect to ``address``; one-line error when it cannot be reached."""
     import ray
 
@@ -82,11 +82,12 @@ def connect_ray(address: str | None, *, num_cpus: int | None = None) -> None:
             include_dashboard=False,
             resources={TRIAL_RESOURCE: 1000},
             logging_level=logging.WARNING,
-            log_to_driver=True,
+            # Worker logs are Ray Train's chatter; the driver prints one line per trial instead.
+            log_to_driver=verbose,
         )
         return
     try:
-        ray.init(address=address, logging_level=logging.WARNING)
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=verbose)
     except Exception as exc:  # ConnectionError, TimeoutError, RuntimeError from the GCS client
         raise UserError(
             f"cannot connect to the Ray cluster at {address} ({type(exc).__name__}: {str(exc)[:150]}); "
@@ -289,7 +290,10 @@ def build_cache(spec: Any, teacher: dict[str, Any], out: Path) -> str:
 
         torch.set_num_threads(1)
         model = load_model(teacher).eval()
-        data = PatchDataset(resolve_train_sources(train), scale=scale, hr_patch=patch, seed=seed, samples_per_epoch=n)
+        # Un-augmented pool: CachedKDDataset applies the dihedral transforms when it reads.
+        data = PatchDataset(
+            resolve_train_sources(train), scale=scale, hr_patch=patch, seed=seed, samples_per_epoch=n, augment=False
+        )
         info = build_teacher_cache(model, data, n_patches=n, out_dir=out / "cache", batch_size=16, device="cpu")
         return str(info.path)
 
@@ -413,6 +417,7 @@ def run_job(
     resume: bool = False,
     tracking_uri: str | None = None,
     num_cpus: int | None = None,
+    verbose: bool = False,
 ) -> dict[str, Any]:
     """Run a whole job; returns a summary (counts, density, allocation, Pareto rows)."""
     from orchestrator.search import make_tuner
@@ -424,7 +429,7 @@ def run_job(
 
     t_start = time.time()
     spec = load_job_spec(spec_path)
-    check_paths(spec, spec_path)
+    spec = check_paths(spec, spec_path)  # applies the spec's fallbacks for absent weights/data
     space = _space(spec)
     # A budget no architecture can meet is an error before anything starts.
     b = spec.budgets
@@ -449,7 +454,7 @@ def run_job(
     out.mkdir(parents=True, exist_ok=True)
 
     # [J1]
-    connect_ray(address, num_cpus=num_cpus)
+    connect_ray(address, num_cpus=num_cpus, verbose=verbose)
     # Tracking: experiment + parent run (reused on resume).
     from orchestrator.tracking import default_artifact_root
 

@@ -894,10 +894,9 @@ def _clean_loc(loc: tuple[str | int, ...], data: Any, err_type: str) -> list[str
     out: list[str | int] = []
     cur = data
     for i, el in enumerate(loc):
-        if isinstance(cur, dict) and el in cur:
-            out.append(el)
-            cur = cur[el]
-        elif isinstance(cur, list) and isinstance(el, int) and 0 <= el < len(cur):
+        in_dict = isinstance(cur, dict) and el in cur
+        in_list = isinstance(cur, list) and isinstance(el, int) and 0 <= el < len(cur)
+        if in_dict or in_list:
             out.append(el)
             cur = cur[el]
         elif i == len(loc) - 1 and err_type in ("missing", "extra_forbidden"):

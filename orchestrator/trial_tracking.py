@@ -106,8 +106,9 @@ def make_status_callback(plan: Any):
                     status = run.data.tags.get(STATUS_TAG, status)
             self.counts[status] = self.counts.get(status, 0) + 1
             psnr = result.get("psnr_y")
+            seed_mark = " (paper rule)" if trial.config.get("_paper_rule") else ""
             print(
-                f"[srcompress] trial {trial.trial_id} {str(trial)[:40]:<40} {status:<13} "
+                f"[srcompress] trial {str(trial)[:34]:<34} {status:<13}{seed_mark} "
                 f"psnr_y={psnr if psnr is None else round(float(psnr), 3)} "
                 f"params={result.get('params')} | done: " + ", ".join(f"{k} {v}" for k, v in self.counts.items() if v),
                 flush=True,

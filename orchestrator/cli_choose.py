@@ -1,0 +1,367 @@
+"""``srcompress`` commands for choosing and shipping models: ``pareto``, ``report``, ``table``, ``export``, ``ui``.
+
+They read a job's MLflow store: ``--tracking-uri`` when given, else the store of ``--job JOB.yaml`` (its
+``tracking.uri``, or ``sqlite:///<storage.path>/mlflow.db``), else ``./srcompress_runs/mlflow.db`` (the default
+``storage.path`` of ``search_spaces/demo.yaml``, relative to the current directory). A sqlite file that does not
+exist is an error rather than a new empty store.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from orchestrator.cli import JsonOpt, _fmt_g, _fmt_int, _print_table, app
+from sr.errors import UserError
+
+DEFAULT_STORAGE = "./srcompress_runs"
+
+TrackingOpt = Annotated[
+    str | None, typer.Option("--tracking-uri", help="MLflow URI (default: the --job's store, else ./srcompress_runs)")
+]
+JobOpt = Annotated[str | None, typer.Option("--job", help="Job spec YAML whose store (and experiment) to read")]
+ExperimentOpt = Annotated[
+    str | None, typer.Option("--experiment", help="MLflow experiment name (default: the --job's experiment)")
+]
+ObjectivesOpt = Annotated[str, typer.Option("--objectives", help="NAME:max|min pairs, e.g. psnr_y:max,macs_720p:min")]
+MaxParamsOpt = Annotated[str | None, typer.Option("--max-params", help="Parameter budget, e.g. 100k")]
+MaxMacsOpt = Annotated[str | None, typer.Option("--max-macs", help="MAC budget for a 1280x720 output, e.g. 20G")]
+MaxLatencyOpt = Annotated[float | None, typer.Option("--max-latency-ms", help="Latency budget in milliseconds")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="Only latencies measured on this device, e.g. cpu")]
+ParentOpt = Annotated[str | None, typer.Option("--parent-run-id", help="Only this search's trials (its parent run)")]
+
+
+# ----------------------------------------------------------------------------------------------- the store
+def resolve_store(tracking_uri: str | None, job: str | None) -> tuple[str, str | None]:
+    """``(tracking URI, the job's experiment or None)``; one-line errors for a missing store or a dead server."""
+    from orchestrator.tracking import check_reachable, default_tracking_uri
+    from orchestrator.ui import sqlite_path
+
+    experiment = None
+    if job is not None:
+        from orchestrator.spec import load_job_spec
+
+        spec = load_job_spec(job)
+        experiment = spec.experiment_name
+        uri = tracking_uri or spec.tracking_uri
+    else:
+        uri = tracking_uri or default_tracking_uri(DEFAULT_STORAGE)
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        hint = "--tracking-uri/--job" if (tracking_uri or job) else "--tracking-uri URI or --job JOB.yaml"
+        raise UserError(f"no MLflow store at {db}; run a job first (srcompress run JOB.yaml) or pass {hint}")
+    check_reachable(uri)
+    return uri, experiment
+
+
+def _experiment(experiment: str | None, from_job: str | None) -> str:
+    name = experiment or from_job
+    if not name:
+        raise UserError("no experiment given; pass --experiment NAME (or --job JOB.yaml)")
+    return name
+
+
+def _size(text: str | None) -> int | None:
+    from orchestrator.pareto import parse_size
+
+    return None if text is None else parse_size(text)
+
+
+def _jsonable(v: Any) -> Any:
+    import numpy as np
+    import pandas as pd
+
+    if v is None or v is pd.NA:
+        return None
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return None if math.isnan(v) else float(v)
+    return str(v)
+
+
+def _model_uri(row: dict[str, Any]) -> str:
+    uri = row.get("model_uri")
+    return str(uri) if uri else f"runs:/{row['run_id']}/checkpoint"
+
+
+# --------------------------------------------------------------------------------------------------- pareto
+def pareto_rows(
+    uri: str,
+    experiment: str,
+    *,
+    objectives: str,
+    max_params: int | None = None,
+    max_macs: int | None = None,
+    max_latency_ms: float | None = None,
+    device: str | None = None,
+    parent_run_id: str | None = None,
+) -> tuple[list[dict[str, Any]], int]:
+    """The front as JSON-ready dicts (model_uri filled in) and the number of trials considered."""
+    from orchestrator.pareto import pareto_models, query_trials
+
+    df = query_trials(uri, experiment)
+    if parent_run_id is not None:
+        df = df[df["parent_run_id"] == parent_run_id]
+    front = pareto_models(
+        df,
+        objectives=objectives,
+        max_params=max_params,
+        max_macs=max_macs,
+        max_latency_ms=max_latency_ms,
+        device=device,
+    )
+    rows = []
+    for rec in front.to_dict(orient="records"):
+        row = {k: _jsonable(v) for k, v in rec.items()}
+        row["model_uri"] = _model_uri(row)
+        rows.append(row)
+    return rows, len(df)
+
+
+@app.command()
+def pareto(
+    experiment: ExperimentOpt = None,
+    tracking_uri: TrackingOpt = None,
+    job: JobOpt = None,
+    objectives: ObjectivesOpt = "psnr_y:max,macs_720p:min",
+    max_params: MaxParamsOpt = None,
+    max_macs: MaxMacsOpt = None,
+    max_latency_ms: MaxLatencyOpt = None,
+    device: DeviceOpt = None,
+    parent_run_id: ParentOpt = None,
+    as_json: JsonOpt = False,
+    as_table: Annotated[bool, typer.Option("--table", help="Print a table (the default)")] = False,
+) -> None:
+    """The Pareto-optimal models of a search under budgets, with the URI to export each one."""
+    from orchestrator.pareto import parse_objectives
+
+    if as_json and as_table:
+        raise UserError("--json and --table exclude each other; pass one")
+    uri, job_exp = resolve_store(tracking_uri, job)
+    name = _experiment(experiment, job_exp)
+    objs = parse_objectives(objectives)
+    budgets = {
+        "max_params": _size(max_params),
+        "max_macs": _size(max_macs),
+        "max_latency_ms": max_latency_ms,
+        "device": device,
+    }
+    rows, n_trials = pareto_rows(uri, name, objectives=objectives, parent_run_id=parent_run_id, **budgets)
+    if as_json:
+        out = {
+            "experiment": name,
+            "tracking_uri": uri,
+            "objectives": [list(o) for o in objs],
+            "budgets": budgets,
+            "n_trials": n_trials,
+            "models": rows,
+        }
+        print(json.dumps(out))
+        return
+    if not rows:
+        print(f"no completed trial of {n_trials} in {name!r} meets the budgets; loosen them or check the search")
+        return
+    table = [
+        {
+            "#": i + 1,
+            "run": r.get("run_name") or "",
+            "arch": r.get("arch") or "",
+            "C/L/B": "/".join("-" if r.get(k) is None else str(r[k]) for k in ("C", "L", "B")),
+            "PSNR_Y": "-" if r.get("psnr_y") is None else f"{r['psnr_y']:.3f}",
+            "params": _fmt_int(r.get("params")),
+            "MACs 720p": _fmt_g(r.get("macs_720p")),
+            "latency ms": "-" if r.get("latency_ms") is None else f"{r['latency_ms']:.1f} ({r.get('latency_device')})",
+            "run id": r["run_id"],
+            "model URI": r["model_uri"],
+        }
+        for i, r in enumerate(rows)
+    ]
+    extra = [n for n, _ in objs if n not in ("psnr_y", "macs_720p", "params", "latency_ms")]
+    for r, t in zip(rows, table, strict=True):
+        for n in extra:
+            t[n] = "-" if r.get(n) is None else f"{r[n]:g}"
+    shown = ", ".join(f"{k}={v}" for k, v in budgets.items() if v is not None) or "none"
+    _print_table(
+        table, list(table[0]), title=f"Pareto front of {name} ({objectives}); {n_trials} trials; budgets: {shown}"
+    )
+
+
+# --------------------------------------------------------------------------------------------------- report
+@app.command()
+def report(
+    output: Annotated[str, typer.Option("-o", "--output", help="HTML file to write")],
+    experiment: ExperimentOpt = None,
+    tracking_uri: TrackingOpt = None,
+    job: JobOpt = None,
+    objectives: ObjectivesOpt = "psnr_y:max,macs_720p:min",
+    max_params: MaxParamsOpt = None,
+    max_macs: MaxMacsOpt = None,
+    max_latency_ms: MaxLatencyOpt = None,
+    device: DeviceOpt = None,
+    parent_run_id: ParentOpt = None,
+    log: Annotated[
+        bool, typer.Option("--log/--no-log", help="Also log the report to the search's parent run in MLflow")
+    ] = True,
+) -> None:
+    """A self-contained HTML report (trade-off plots, Pareto table, progress) of a search."""
+    from orchestrator.report import report_for_experiment
+
+    uri, job_exp = resolve_store(tracking_uri, job)
+    name = _experiment(experiment, job_exp)
+    html = report_for_experiment(
+        uri,
+        name,
+        output,
+        objectives=objectives,
+        parent_run_id=parent_run_id,
+        max_params=_size(max_params),
+        max_macs=_size(max_macs),
+        max_latency_ms=max_latency_ms,
+        device=device,
+        log_to_mlflow=log,
+    )
+    print(f"[srcompress] report of {name}: {html}")
+
+
+# ---------------------------------------------------------------------------------------------------- table
+@app.command()
+def table(
+    output: Annotated[str, typer.Option("-o", "--output", help="File to write: .parquet (typed schema) or .csv")],
+    experiment: ExperimentOpt = None,
+    tracking_uri: TrackingOpt = None,
+    job: JobOpt = None,
+    parent_run_id: ParentOpt = None,
+) -> None:
+    """Every trial of an experiment (params, metrics, status) as one Parquet or CSV table."""
+    from orchestrator.pareto import query_trials
+    from orchestrator.trials_table import write_trials_parquet
+
+    suffix = Path(output).suffix.lower()
+    if suffix not in (".parquet", ".csv"):
+        raise UserError(f"cannot write {output!r}: use a .parquet or .csv file name")
+    uri, job_exp = resolve_store(tracking_uri, job)
+    name = _experiment(experiment, job_exp)
+    df = query_trials(uri, name)
+    if parent_run_id is not None:
+        df = df[df["parent_run_id"] == parent_run_id]
+    if suffix == ".parquet":
+        path = write_trials_parquet(df, output)
+    else:
+        path = Path(output)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(path, index=False)
+    print(f"[srcompress] {len(df)} trials of {name} -> {path}")
+
+
+# --------------------------------------------------------------------------------------------------- export
+def _parse_hw(text: str) -> tuple[int, int]:
+    h, sep, w = text.lower().partition("x")
+    try:
+        hw = (int(h), int(w))
+    except ValueError:
+        hw = (0, 0)
+    if not sep or min(hw) < 8:
+        raise UserError(f"--sample-size {text!r} is not HxW with both >= 8; write e.g. 48x64")
+    return hw
+
+
+@app.command()
+def export(
+    model: Annotated[str, typer.Argument(help="Trial run id, models:/NAME/VERSION or runs:/RUN_ID/...")],
+    output: Annotated[str, typer.Option("-o", "--output", help="File to write, e.g. model.pt2")],
+    fmt: Annotated[str, typer.Option("--format", help="pt2 (torch.export) or onnx (needs the onnx package)")] = "pt2",
+    tracking_uri: TrackingOpt = None,
+    job: JobOpt = None,
+    sample_size: Annotated[str, typer.Option(help="LR HxW of the check input")] = "48x64",
+    atol: Annotated[float, typer.Option(help="Largest allowed |exported - eager|")] = 1e-4,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export a searched model (folded for deployment) after checking it against the eager model."""
+    from orchestrator.export import require_onnx, export_model, load_model_uri
+
+    if fmt not in ("pt2", "onnx"):
+        raise UserError(f"--format {fmt!r} is not known; use pt2 or onnx")
+    if fmt == "onnx":
+        require_onnx()  # before the slow load
+    hw = _parse_hw(sample_size)
+    uri, _ = resolve_store(tracking_uri, job)
+    net, meta = load_model_uri(model, tracking_uri=uri)
+    res = export_model(net, output, fmt=fmt, sample_hw=hw, atol=atol)  # type: ignore[arg-type]
+    res["source"] = {k: meta[k] for k in ("uri", "run_id", "run_name", "arch", "knobs", "tag")}
+    if as_json:
+        print(json.dumps(res, default=str))
+        return
+    shape = "x".join(map(str, res["input_shape"]))
+    line = (
+        f"[srcompress] check: max |exported - eager| = {res['max_abs_diff']:.3g} on {shape} (atol {atol:g})"
+        + (
+            f"; reloaded file {res['reloaded_max_abs_diff']:.3g}"
+            if res.get("reloaded_max_abs_diff") is not None
+            else ""
+        )
+    )
+    check = res.get("dynamic_check") or {}
+    if "max_abs_diff" in check:
+        line += f"; at {'x'.join(map(str, check['input_shape']))}: {check['max_abs_diff']:.3g}"
+    print(line)
+    print(
+        f"[srcompress] exported {meta['tag']} (run {meta['run_name']}, {_fmt_int(res['params'])} params, folded) "
+        f"-> {res['path']} [{fmt}, {'dynamic' if res['dynamic'] else 'static'} H/W, {res['bytes']:,} bytes]"
+    )
+    if res.get("note"):
+        print(f"[srcompress] note: {res['note']}")
+
+
+# ------------------------------------------------------------------------------------------------------- ui
+@app.command()
+def ui(
+    storage: Annotated[
+        str | None, typer.Option(help="Storage folder holding mlflow.db (default ./srcompress_runs)")
+    ] = None,
+    job: JobOpt = None,
+    port: Annotated[int, typer.Option(help="TCP port")] = 5000,
+    host: Annotated[str, typer.Option(help="Interface to bind; 0.0.0.0 exposes the UI to the network")] = "127.0.0.1",
+    wait_s: Annotated[float, typer.Option(help="Seconds to wait for the server to come up")] = 60.0,
+) -> None:
+    """Start the MLflow UI on a job's store and block until Ctrl-C."""
+    from orchestrator.tracking import Tracker
+    from orchestrator.ui import sqlite_path, start_mlflow_server, stop_server, store_of_job, store_of_storage
+
+    if storage is not None and job is not None:
+        raise UserError("--storage and --job exclude each other; pass one")
+    experiment = None
+    if job is not None:
+        backend, artifacts, experiment = store_of_job(job)
+    else:
+        backend, artifacts = store_of_storage(storage or DEFAULT_STORAGE)
+    db = sqlite_path(backend)
+    if db is None:
+        raise UserError(f"the job tracks to {backend}, a server already; open it in a browser instead of srcompress ui")
+    if not db.is_file():
+        raise UserError(f"no MLflow store at {db}; run a job first (srcompress run JOB.yaml) or pass --storage/--job")
+    exp_id = None
+    if experiment is not None:
+        exp = Tracker(backend).client.get_experiment_by_name(experiment)
+        exp_id = exp.experiment_id if exp is not None else None
+    proc = start_mlflow_server(backend, artifacts, host=host, port=port, wait_s=wait_s)
+    url = proc.url  # type: ignore[attr-defined]
+    print(f"[srcompress] MLflow UI on {backend}: {url}", flush=True)
+    if exp_id is not None:
+        print(f"[srcompress] runs of {experiment}: {url}/#/experiments/{exp_id}/runs", flush=True)
+    print(f"[srcompress] server log: {proc.log_path}; Ctrl-C stops it", flush=True)  # type: ignore[attr-defined]
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        print("[srcompress] stopping the MLflow server", flush=True)
+        stop_server(proc)
+        return
+    from orchestrator.ui import log_tail
+
+    raise UserError(f"the MLflow server exited with code {code} ({log_tail(proc.log_path)}); see {proc.log_path}")  # type: ignore[attr-defined]

@@ -1,0 +1,191 @@
+"""Register a search's Pareto-optimal models in the MLflow Model Registry.
+
+Each front member's folded model is logged with ``mlflow.pytorch.log_model`` into its own trial run (so the run
+page shows it) and registered as a new version of ``<experiment>_pareto``. The ``pickle`` serialization is used
+on purpose: MLflow's default ``pt2`` format traces the model at the input example's size and freezes H and W,
+while an SR model must take any image size. srcompress itself never unpickles these copies (see
+``orchestrator.export.load_model_uri``); they are there for MLflow's tooling. The version carries tags
+arch/C/L/B/scale/psnr_y/params/macs_720p, and the trial run gets the tag ``model_uri=models:/<name>/<version>``.
+Logging is slow (about 12 s per model), hence ``max_models``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import pandas as pd
+from torch import nn
+
+from orchestrator.pareto import DEFAULT_OBJECTIVES, Objective, pareto_models, query_trials
+from orchestrator.tracking import Tracker
+from sr.errors import UserError
+
+log = logging.getLogger(__name__)
+
+MODEL_URI_TAG = "model_uri"
+_VERSION_TAGS = ("arch", "C", "L", "B", "scale", "psnr_y", "ssim_y", "params", "macs_720p", "latency_ms")
+
+
+def default_registered_name(experiment: str) -> str:
+    """``<experiment>_pareto``: the registered model holding an experiment's front."""
+    return f"{experiment}_pareto"
+
+
+def pip_requirements() -> list[str]:
+    """What the logged model needs: the CPU torch without its local ``+cpu`` tag, cloudpickle, and srcompress."""
+    import cloudpickle
+    import torch
+
+    return [
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"cloudpickle=={cloudpickle.__version__}",
+        "srcompress",
+    ]
+
+
+def _signature() -> Any:
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    # -1 = any size: batch, LR height and width; the output is (N, 3, s*H, s*W).
+    spec = TensorSpec(np.dtype("float32"), (-1, 3, -1, -1))
+    return ModelSignature(inputs=Schema([spec]), outputs=Schema([TensorSpec(np.dtype("float32"), (-1, 3, -1, -1))]))
+
+
+def _tag_value(v: Any) -> str | None:
+    if v is None or v is pd.NA:
+        return None
+    if isinstance(v, float):
+        if math.isnan(v):
+            return None
+        return f"{v:.4f}" if abs(v) < 1e4 else f"{v:.0f}"
+    return str(v)
+
+
+@contextmanager
+def using_tracking_uri(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API at ``uri`` for a block, then restore what was there (unset stays unset)."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri() if mlflow.tracking.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def log_registered_model(
+    tracker: Tracker,
+    run_id: str,
+    model: nn.Module,
+    *,
+    registered_name: str,
+    tags: dict[str, Any] | None = None,
+) -> str:
+    """Log ``model`` into run ``run_id`` as artifact ``model`` and register it; returns ``models:/name/version``.
+
+    The run's status and end time are restored afterwards: re-opening a finished run to log into it must not
+    make it look re-run.
+    """
+    import mlflow
+    import mlflow.pytorch
+
+    run = tracker._call("get run", lambda: tracker.client.get_run(run_id))
+    status, end_time = run.info.status, run.info.end_time
+    try:
+        with using_tracking_uri(tracker.uri):
+            with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+                info = mlflow.pytorch.log_model(
+                    model,
+                    name="model",
+                    registered_model_name=registered_name,
+                    serialization_format="pickle",
+                    signature=_signature(),
+                    pip_requirements=pip_requirements(),
+                )
+    finally:
+        if status != "RUNNING":
+            tracker._call(
+                "restore run status",
+                lambda: tracker.client.set_terminated(run_id, status=status, end_time=end_time),
+            )
+    version = str(info.registered_model_version)
+    client = tracker.client
+    for key, value in (tags or {}).items():
+        text = _tag_value(value)
+        if text is not None:
+            tracker._call(
+                "tag model version", lambda k=key, t=text: client.set_model_version_tag(registered_name, version, k, t)
+            )
+    uri = f"models:/{registered_name}/{version}"
+    tracker.set_tags(run_id, {MODEL_URI_TAG: uri})
+    return uri
+
+
+def register_pareto_models(
+    tracker: Tracker | str,
+    experiment: str,
+    parent_run_id: str,
+    *,
+    objectives: str | Sequence[Objective] = DEFAULT_OBJECTIVES,
+    registered_name: str | None = None,
+    max_models: int = 10,
+    max_params: float | None = None,
+    max_macs: float | None = None,
+    max_latency_ms: float | None = None,
+    device: str | None = None,
+) -> list[dict[str, Any]]:
+    """Register the Pareto-optimal trials of one search (best first, at most ``max_models``).
+
+    Args:
+        tracker: a ``Tracker`` or a tracking URI.
+        experiment: experiment name (or id).
+        parent_run_id: the search's parent run; only its trials are considered.
+        objectives: e.g. ``"psnr_y:max,macs_720p:min"``.
+        registered_name: registered model name; default ``<experiment>_pareto``.
+        max_models: register at most this many front members (logging takes ~12 s each).
+        max_params, max_macs, max_latency_ms, device: budgets applied before the front (see ``pareto_models``).
+
+    Returns:
+        One dict per front member: ``{run_id, run_name, model_uri}`` or ``{run_id, run_name, skipped: reason}``
+        (a member without weights, e.g. one stopped early before logging them).
+    """
+    from orchestrator.export import load_run_model
+
+    if max_models < 1:
+        raise UserError(f"max_models={max_models} registers nothing; give 1 or more")
+    tracker = tracker if isinstance(tracker, Tracker) else Tracker(str(tracker))
+    name = registered_name or default_registered_name(experiment)
+    df = query_trials(tracker, experiment)
+    df = df[df["parent_run_id"] == parent_run_id]
+    front = pareto_models(
+        df,
+        objectives=objectives,
+        max_params=max_params,
+        max_macs=max_macs,
+        max_latency_ms=max_latency_ms,
+        device=device,
+    ).head(max_models)
+    out: list[dict[str, Any]] = []
+    for _, row in front.iterrows():
+        run_id = str(row["run_id"])
+        entry: dict[str, Any] = {"run_id": run_id, "run_name": row.get("run_name")}
+        try:
+            model, meta = load_run_model(tracker, run_id)
+        except UserError as exc:
+            log.warning("not registering %s: %s", run_id, exc)
+            out.append({**entry, "skipped": str(exc)})
+            continue
+        tags = {k: row.get(k) for k in _VERSION_TAGS if k in row.index}
+        tags["arch"] = meta["arch"]
+        tags["params"] = meta["params"]  # counted on the folded model just loaded
+        tags["run_name"] = row.get("run_name")
+        entry["model_uri"] = log_registered_model(tracker, run_id, model, registered_name=name, tags=tags)
+        out.append(entry)
+    return out
