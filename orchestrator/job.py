@@ -73,6 +73,8 @@ def connect_ray(address: str | None, *, num_cpus: int | None = None, verbose: bo
 
     for k, v in _RAY_ENV.items():
         os.environ.setdefault(k, v)
+    if address not in (None, "", "local", "auto"):
+        _check_address(address)
     if ray.is_initialized():
         return
     if address in (None, "", "local"):
@@ -98,6 +100,30 @@ def connect_ray(address: str | None, *, num_cpus: int | None = None, verbose: bo
             f"the Ray cluster at {address} has no '{TRIAL_RESOURCE}' resource for trial drivers; start its head "
             f"with --resources='{{\"{TRIAL_RESOURCE}\": 1000}}' (see cluster/)"
         )
+
+
+def _check_address(address: str) -> None:
+    """Fail in seconds, with the fix, instead of letting ray.init retry an unreachable address for minutes."""
+    import socket
+    from urllib.parse import urlparse
+
+    if address.startswith(("http://", "https://")):
+        raise UserError(
+            f"--address {address} is a Jobs API (dashboard) address; use 'srcompress submit' with it, or give "
+            "ray://HOST:10001 / auto to run"
+        )
+    parsed = urlparse(address if "://" in address else f"ray://{address}")
+    host, port = parsed.hostname, parsed.port
+    if not host or not port:
+        raise UserError(f"--address {address!r} is not HOST:PORT or ray://HOST:PORT; e.g. ray://127.0.0.1:10001")
+    try:
+        with socket.create_connection((host, port), timeout=3):
+            pass
+    except OSError as exc:
+        raise UserError(
+            f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start it (cluster/local.sh start) "
+            "or fix --address"
+        ) from None
 
 
 # ----------------------------------------------------------------------------------------------- helpers

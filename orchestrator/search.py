@@ -101,6 +101,7 @@ class SpaceFn:
         for name, value in cons.items():
             trial.set_constraint(name, value)
         return {
+            **cfg,  # fixed dimensions are not captured by Optuna; the trial needs them too
             "_infeasible": any(v > 0 for v in cons.values()),
             "_paper_rule": _is_enqueued(trial),
             "_price": p.as_dict(),
@@ -202,6 +203,11 @@ def run_trial(config: dict[str, Any], plan: SearchPlan) -> None:
     ctx = ray.tune.get_context()
     trial_id = ctx.get_trial_id()
     name = ctx.get_trial_name()
+    done = tt.finished_trial_metrics(plan, trial_id)
+    if done is not None:
+        # Restored after a driver restart but already finished: report its recorded result, train nothing.
+        ray.tune.report(_marker_result(plan, {}, **done) if done.get("infeasible") else done)
+        return
     knobs = student_knobs(config, plan)
     price_d = dict(config.get("_price") or price(plan.student_arch, **knobs).as_dict())
     kd_params = {k: config[k] for k in KD_DIMS if k in config}

@@ -67,6 +67,18 @@ def open_trial_run(
     return run_id
 
 
+def finished_trial_metrics(plan: Any, trial_id: str) -> dict[str, Any] | None:
+    """Final metrics of a trial whose MLflow run already ended (a driver resumed after it finished), else None."""
+    tracker = _tracker(plan)
+    if tracker is None:
+        return None
+    run = find_trial_run(tracker, plan.tracking["experiment_id"], plan.tracking["parent_run_id"], trial_id)
+    if run is None or run.data.tags.get(STATUS_TAG) not in TERMINAL:
+        return None
+    status = run.data.tags[STATUS_TAG]
+    return {**run.data.metrics, "infeasible": int(status == "infeasible"), "done_training": int(status == "completed")}
+
+
 def close_trial_run(plan: Any, run_id: str | None, *, status: str, metrics: Mapping[str, Any]) -> None:
     """Log the final metrics and the status tag, and end the run."""
     tracker = _tracker(plan)

@@ -39,3 +39,84 @@ def t91_dir() -> Path:
 @pytest.fixture(scope="session")
 def imdn_x2_weights() -> Path:
     return _need(SHARED / "weights" / "IMDN_x2.pth")
+
+
+# ------------------------------------------------------------------------------------------ Ray and job specs
+FAST_RAY_ENV = {
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "RAY_TRAIN_METRICS_ENABLED": "0",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+}
+
+
+@pytest.fixture
+def ray_local():
+    """A real local Ray cluster (2 CPUs + the trial-driver resource), started once and shared by tests."""
+    import ray
+
+    from orchestrator.search import TRIAL_RESOURCE
+
+    for k, v in FAST_RAY_ENV.items():
+        os.environ.setdefault(k, v)
+    if not ray.is_initialized():
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            resources={TRIAL_RESOURCE: 100},
+            object_store_memory=300 * 1024**2,
+            log_to_driver=False,
+        )
+    yield ray
+
+
+def write_tiny_job(tmp_path: Path, **overrides) -> Path:
+    """A tiny, self-contained job spec (no ../shared): a random 8-channel EDSR teacher saved to tmp_path,
+    scikit-image images, 2-trial search with a few steps. ``overrides`` are dotted keys, e.g.
+    ``{"search.num_samples": 4}``."""
+    import yaml
+
+    from sr.checkpoint import save_checkpoint
+    from sr.models import build
+
+    torch.manual_seed(0)
+    teacher = tmp_path / "teacher.pth"
+    if not teacher.exists():
+        save_checkpoint(teacher, {"params": build("edsr_mini", C=8, B=1).state_dict()})
+    spec = {
+        "name": "tiny",
+        "seed": 0,
+        "teacher": {"arch": "edsr_mini", "weights": str(teacher), "set": {"C": 8, "B": 1}},
+        "student": {
+            "arch": "edsr_mini",
+            "space": {"C": {"low": 8, "high": 16, "step": 8}, "L": 1, "B": {"low": 1, "high": 3}},
+            "kd_space": {"w_gt": 0.1, "w_lap": 1.0, "w_hf": 1.0, "lr": 1e-3},
+        },
+        "budgets": {"max_params": "60k"},
+        "data": {"train": None, "val": None, "scale": 2, "hr_patch": 32, "cache": {"enabled": True, "n_patches": 16}},
+        "prune": {"enabled": False, "density": 0.05},
+        "training": {
+            "steps": 20, "batch_size": 4, "val_every": 10, "log_every": 10, "ckpt_every": 10, "ema_decay": 0.0
+        },
+        "resources": {"workers_per_trial": 1, "cpus_per_worker": 1, "use_gpu": False},
+        "search": {"algorithm": "random", "num_samples": 2, "scheduler": {"type": "none"}},
+        "storage": {"path": str(tmp_path / "runs")},
+        "failure": {"max_failures": 1},
+    }
+    for key, value in overrides.items():
+        node = spec
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def tiny_job(tmp_path):
+    return lambda **overrides: write_tiny_job(tmp_path, **overrides)
