@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -284,7 +285,7 @@ def export(
     as_json: JsonOpt = False,
 ) -> None:
     """Export a searched model (folded for deployment) after checking it against the eager model."""
-    from orchestrator.export import require_onnx, export_model, load_model_uri
+    from orchestrator.export import export_model, load_model_uri, require_onnx
 
     if fmt not in ("pt2", "onnx"):
         raise UserError(f"--format {fmt!r} is not known; use pt2 or onnx")
@@ -299,13 +300,8 @@ def export(
         print(json.dumps(res, default=str))
         return
     shape = "x".join(map(str, res["input_shape"]))
-    line = (
-        f"[srcompress] check: max |exported - eager| = {res['max_abs_diff']:.3g} on {shape} (atol {atol:g})"
-        + (
-            f"; reloaded file {res['reloaded_max_abs_diff']:.3g}"
-            if res.get("reloaded_max_abs_diff") is not None
-            else ""
-        )
+    line = f"[srcompress] check: max |exported - eager| = {res['max_abs_diff']:.3g} on {shape} (atol {atol:g})" + (
+        f"; reloaded file {res['reloaded_max_abs_diff']:.3g}" if res.get("reloaded_max_abs_diff") is not None else ""
     )
     check = res.get("dynamic_check") or {}
     if "max_abs_diff" in check:
@@ -320,6 +316,10 @@ def export(
 
 
 # ------------------------------------------------------------------------------------------------------- ui
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 @app.command()
 def ui(
     storage: Annotated[
@@ -356,12 +356,16 @@ def ui(
     if exp_id is not None:
         print(f"[srcompress] runs of {experiment}: {url}/#/experiments/{exp_id}/runs", flush=True)
     print(f"[srcompress] server log: {proc.log_path}; Ctrl-C stops it", flush=True)  # type: ignore[attr-defined]
+    # The server runs in its own session, so Ctrl-C reaches only this process: stop the server on it and on TERM.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         code = proc.wait()
     except KeyboardInterrupt:
         print("[srcompress] stopping the MLflow server", flush=True)
         stop_server(proc)
         return
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     from orchestrator.ui import log_tail
 
     raise UserError(f"the MLflow server exited with code {code} ({log_tail(proc.log_path)}); see {proc.log_path}")  # type: ignore[attr-defined]

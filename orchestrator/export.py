@@ -27,6 +27,9 @@ from sr.errors import UserError
 
 ExportFormat = Literal["pt2", "onnx"]
 
+# Two small files per load: MLflow's tqdm bars would only clutter the CLI's one-line output.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
 _RUN_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 CONFIG_ARTIFACT = "config.json"
 WEIGHTS_ARTIFACT = "checkpoint/weights.pth"
@@ -41,11 +44,13 @@ def _download(tracker: Tracker, run_id: str, artifact: str, dst: str) -> Path:
     from mlflow.exceptions import MlflowException
 
     try:
-        return Path(tracker._call(f"download {artifact}", lambda: tracker.client.download_artifacts(run_id, artifact, dst)))
+        return Path(
+            tracker._call(f"download {artifact}", lambda: tracker.client.download_artifacts(run_id, artifact, dst))
+        )
     except (MlflowException, OSError) as exc:
         raise UserError(
-            f"run {run_id} has no artifact {artifact} ({type(exc).__name__}); only completed trials log their "
-            "weights: pick one from `srcompress pareto`"
+            f"run {run_id} has no artifact {artifact} ({type(exc).__name__}); only trials that finished training "
+            f"log {CONFIG_ARTIFACT} and {WEIGHTS_ARTIFACT}: export another run listed by `srcompress pareto`"
         ) from None
 
 
@@ -274,7 +279,7 @@ def export_model(
                     f"the dynamic-shape export differs from eager by {d2:.3g} (> {atol:g}) on a {tuple(x2.shape)} "
                     "input; nothing was written: report this model (arch/knobs) as an export bug"
                 )
-        note = (note + "; " if note else "") + f"ranges {_range_text(ep)}"
+        note = f"{note}; ranges {_range_text(ep)}" if note else "takes any LR height and width >= 8 pixels"
     result["note"] = note
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "pt2":

@@ -602,5 +602,12 @@ def finish(spec: Any, plan: Any, tracker: Any, exp_id: str, parent: str, results
     objectives = [f"{k}:{m}" for k, m in plan.objectives]
     front = pareto_models(df, objectives=",".join(objectives)) if len(df) else df
     mark_pareto(tracker, spec.experiment_name, parent, ",".join(objectives))
+    if len(front):
+        from orchestrator.registry import register_pareto_models
+
+        # Pareto members become registered (folded) models, tagged with their architecture and metrics.
+        registered = register_pareto_models(tracker, spec.experiment_name, parent, objectives=",".join(objectives))
+        uris = {r["run_id"]: r.get("model_uri") for r in registered}
+        front = front.assign(model_uri=[uris.get(i) for i in front["run_id"]])
     tracker.log_metrics(parent, {f"trials_{k.replace('-', '_')}": v for k, v in counts.items()})
     return {"counts": counts, "front": front, "trials": df, "ray_trials": len(results)}

@@ -99,18 +99,22 @@ def log_registered_model(
     run = tracker._call("get run", lambda: tracker.client.get_run(run_id))
     status, end_time = run.info.status, run.info.end_time
     try:
-        with using_tracking_uri(tracker.uri):
-            with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
-                info = mlflow.pytorch.log_model(
-                    model,
-                    name="model",
-                    registered_model_name=registered_name,
-                    serialization_format="pickle",
-                    signature=_signature(),
-                    pip_requirements=pip_requirements(),
-                )
+        with (
+            using_tracking_uri(tracker.uri),
+            mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None),
+        ):
+            info = mlflow.pytorch.log_model(
+                model,
+                name="model",
+                registered_model_name=registered_name,
+                serialization_format="pickle",
+                signature=_signature(),
+                pip_requirements=pip_requirements(),
+            )
     finally:
-        if status != "RUNNING":
+        if status == "RUNNING":  # start_run's exit finished it; a run still in progress stays open
+            tracker._call("restore run status", lambda: tracker.client.update_run(run_id, status="RUNNING"))
+        else:
             tracker._call(
                 "restore run status",
                 lambda: tracker.client.set_terminated(run_id, status=status, end_time=end_time),
