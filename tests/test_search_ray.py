@@ -120,9 +120,7 @@ def test_driver_killed_then_resume_runs_each_trial_once(tiny_job, tmp_path):
     """Acceptance 4: SIGKILL the driver after >= 2 finished trials; --resume ends with exactly num_samples
     trials, none duplicated (MLflow child runs and Tune's results agree)."""
     num_samples = 5
-    spec = tiny_job(
-        **{"search.num_samples": num_samples, "search.enqueue_paper_rule": False, "training.steps": 40}
-    )
+    spec = tiny_job(**{"search.num_samples": num_samples, "search.enqueue_paper_rule": False, "training.steps": 40})
     storage = tmp_path / "runs"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "orchestrator.cli", "run", str(spec), "--num-cpus", "2"]
