@@ -354,4 +354,8 @@ def main(argv: list[str] | None = None) -> int:
 from orchestrator import cli_choose, cli_cluster, cli_method  # noqa: E402, F401
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as a script, this file is ``__main__``; the command modules register on ``orchestrator.cli.app``,
+    # so dispatch through the imported module to see every command.
+    from orchestrator.cli import main as _main
+
+    sys.exit(_main())

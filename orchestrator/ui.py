@@ -37,6 +37,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 def _port_taken(host: str, port: int) -> bool:
     bind_host = "0.0.0.0" if host in ("", "0.0.0.0") else host
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As the server itself does: a port whose old connections linger in TIME_WAIT is free to bind.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((bind_host, port))
         except OSError:

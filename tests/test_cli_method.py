@@ -86,7 +86,7 @@ def test_prune_density_decreases(capsys, tiny, tmp_path):
     print("density history:", rep["history"])
     assert [s for s, _ in rep["history"]] == [0, 4, 8, 12, 16, 20]
     assert hist[0] == 1.0 and rep["density"] == hist[-1] < 1.0
-    assert all(a > b for a, b in zip(hist[-3:], hist[-2:], strict=False)), hist
+    assert all(a > b for a, b in zip(hist, hist[1:], strict=False)), hist
     assert rep["switch_step"] == 5 and rep["val"]["pruned"]["psnr_y"] > 0
     # pruned.pth really is the pruned model: its zeros give the reported density
     model = load_weights(build("edsr_mini", C=8, B=2), out / "pruned.pth", arch="edsr_mini")
@@ -243,7 +243,7 @@ def test_allocate_student_matches_allocate_arch_without_overrides():
     assert knobs == ref_knobs
     # with overrides the same rule runs from the overridden sizes (imdn's split width follows C)
     alloc, knobs = orchestrator.cli_method.allocate_student("imdn", {"C": 32, "scale": 3}, 0.25)
-    assert knobs["C"] == alloc.C and knobs["distilled"] == max(1, round(8 * alloc.C / 32)) and knobs["scale"] == 3
+    assert knobs["C"] == alloc.C and knobs["distilled"] == round(16 * alloc.C / 32) and knobs["scale"] == 3
 
 
 # ------------------------------------------------------------------------------------------------------ errors

@@ -53,15 +53,18 @@ def test_search_survives_a_30s_tracking_outage(ray_local, tiny_job, tmp_path):
         outage["start"] = time.time()
         stop_server(server)
         time.sleep(30)
-        server = start_mlflow_server(backend, artifacts, port=port)
-        outage["end"] = time.time()
+        try:
+            server = start_mlflow_server(backend, artifacts, port=port, wait_s=120)
+            outage["end"] = time.time()
+        except Exception as exc:  # surfaced by the main thread's assertion
+            outage["error"] = repr(exc)
 
     cutter = threading.Thread(target=cut_the_server, daemon=True)
     cutter.start()
     try:
         summary = run_job(spec)
         cutter.join(timeout=120)
-        assert outage.get("end"), "the outage never happened"
+        assert outage.get("end"), f"the outage never happened or the restart failed: {outage}"
         print(f"outage of {outage['end'] - outage['start']:.0f}s during the trial")
         df = query_trials(uri, "tiny")
         assert len(df) == 1 and df["status"].iloc[0] == "completed"
