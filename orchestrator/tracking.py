@@ -153,6 +153,10 @@ class Tracker:
             lambda: self.client.search_runs([experiment_id], filter_string=filter_string, max_results=max_results),
         )
 
+    def run_metrics(self, run_id: str) -> dict[str, float]:
+        """The latest value of every metric of a run."""
+        return dict(self._call("read run", lambda: self.client.get_run(run_id)).data.metrics)
+
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self._call("end run", lambda: self.client.set_terminated(run_id, status=status))
 

@@ -86,7 +86,10 @@ def close_trial_run(plan: Any, run_id: str | None, *, status: str, metrics: Mapp
         return
     final = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     step = int(final.get("step", 0))
-    tracker.log_metrics(run_id, final, step=step)
+    # The rank-0 worker already logged the step metrics; log only what the run lacks (or has stale), so the
+    # metric history holds each step once.
+    logged = tracker.run_metrics(run_id)
+    tracker.log_metrics(run_id, {k: v for k, v in final.items() if logged.get(k) != v}, step=step)
     tracker.set_tags(run_id, {STATUS_TAG: status})
     tracker.end_run(run_id, "FAILED" if status == "failed" else "FINISHED")
 
