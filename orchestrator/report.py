@@ -268,7 +268,7 @@ def _tradeoff_figure(
     ax.set_ylabel("PSNR_Y (dB)")
     ax.set_title(title, fontsize=11, loc="left")
     # Cheap and accurate (upper left) is the corner no trade-off plot reaches.
-    ax.legend(fontsize=8, loc="upper left", framealpha=0.9)
+    ax.legend(fontsize=8, loc="center right", framealpha=0.9)
     _place_labels(ax, labels, color=_C_PUBLISHED)
     return fig
 
