@@ -7,8 +7,8 @@
 #   cluster/local.sh status    `ray status` of this cluster
 #   cluster/local.sh stop      stop this cluster's processes only (not other Ray clusters on the machine)
 #
-# Then:  RAY_ADDRESS=127.0.0.1:6390 srcompress run search_spaces/demo.yaml --address 127.0.0.1:6390
-#        ray job submit --address http://127.0.0.1:8265 -- srcompress run search_spaces/demo.yaml --address auto
+# Then:  srcompress submit search_spaces/demo.yaml --address http://127.0.0.1:8265   (Jobs API; status/logs/stop)
+#        srcompress run search_spaces/demo.yaml --address 127.0.0.1:6390            (driver on this shell)
 #
 # Settings (environment variables, defaults in brackets):
 #   SRCOMPRESS_LOCAL_WORKERS [2]             worker nodes
@@ -18,8 +18,11 @@
 #   SRCOMPRESS_LOCAL_PORT [6390]             GCS port of the head (6379 is left to other clusters);
 #                                            PORT+1 is the Ray client port, PORT+10.. the dashboard agents
 #   SRCOMPRESS_LOCAL_DASHBOARD_PORT [8265]   dashboard and Jobs API, bound to 127.0.0.1 only
-#   SRCOMPRESS_LOCAL_DIR [/tmp/srcompress-ray-$USER]   Ray temp dir of this cluster (sessions, logs, sockets;
+#   SRCOMPRESS_LOCAL_DIR [/tmp/srcompress-ray-$USER]   Ray temp dir of this cluster (sessions, logs, sockets; worker
+#                                            node N uses DIR/nodeN;
 #                                            short, because socket paths are limited to ~107 characters)
+#   SRCOMPRESS_LOCAL_TRIAL_SLOTS [1000]      units of the head's srcompress_trial resource (one per running
+#                                            trial driver; the CPUs of the workers are the real limit)
 #   RAY_BIN                                  ray executable; default: the repository's .venv/bin/ray, else PATH
 #                                            (its folder goes first on PATH, so job entrypoints find the same
 #                                            python and srcompress)
@@ -51,6 +54,9 @@ MEM_MB="${SRCOMPRESS_LOCAL_MEMORY_MB:-2048}"
 PORT="${SRCOMPRESS_LOCAL_PORT:-6390}"
 DASH_PORT="${SRCOMPRESS_LOCAL_DASHBOARD_PORT:-8265}"
 DIR="${SRCOMPRESS_LOCAL_DIR:-/tmp/srcompress-ray-${USER:-$(id -u)}}"
+# Custom resource the search's trial drivers hold (orchestrator.search.TRIAL_RESOURCE; connect_ray checks it).
+TRIAL_RESOURCE="srcompress_trial"
+TRIAL_SLOTS="${SRCOMPRESS_LOCAL_TRIAL_SLOTS:-1000}"
 ADDRESS="127.0.0.1:$PORT"
 MB=$((1024 * 1024))
 
@@ -87,22 +93,33 @@ start() {
   [[ "$WORKERS" =~ ^[1-9][0-9]*$ ]] || die "SRCOMPRESS_LOCAL_WORKERS=$WORKERS; use a positive integer"
   ensure_token
   mkdir -p "$DIR"
-  common=(--node-ip-address 127.0.0.1 --temp-dir "$DIR" --disable-usage-stats --num-gpus 0)
+  common=(--node-ip-address 127.0.0.1 --disable-usage-stats --num-gpus 0)
 
-  # 1. Head: GCS, dashboard (Jobs API) and drivers only; no CPUs, so no trial or Train worker lands on it.
-  "$RAY_BIN" start --head "${common[@]}" --port "$PORT" --ray-client-server-port $((PORT + 1)) \
-    --num-cpus 0 --object-store-memory $((OBJ_MB * MB)) --memory $((MEM_MB * MB)) \
+  # 1. Head: GCS, dashboard (Jobs API) and drivers only; no CPUs, so no Train worker lands on it. Each search
+  #    trial's driver holds one unit of TRIAL_RESOURCE (orchestrator.search), which only the head offers.
+  "$RAY_BIN" start --head "${common[@]}" --temp-dir "$DIR" --port "$PORT" --ray-client-server-port $((PORT + 1)) \
+    --num-cpus 0 --resources "{\"$TRIAL_RESOURCE\": $TRIAL_SLOTS}" \
+    --object-store-memory $((OBJ_MB * MB)) --memory $((MEM_MB * MB)) \
     --include-dashboard true --dashboard-host 127.0.0.1 --dashboard-port "$DASH_PORT" \
     --dashboard-agent-listen-port $((PORT + 10))
 
-  # 2. Workers: one raylet each, with its own CPUs and memory caps (distinct agent ports on one machine).
+  # 2. Workers: one raylet each, with its own CPUs and memory caps (distinct agent ports on one machine), and its
+  #    own temp dir as on separate machines: nodes sharing one would each unpack a job's working_dir into the same
+  #    runtime_resources folder, deleting it under the job's running driver (its cwd vanishes).
   for i in $(seq 1 "$WORKERS"); do
-    "$RAY_BIN" start "${common[@]}" --address "$ADDRESS" --num-cpus "$CPUS" \
+    "$RAY_BIN" start "${common[@]}" --temp-dir "$DIR/node$i" --address "$ADDRESS" --num-cpus "$CPUS" \
       --object-store-memory $((OBJ_MB * MB)) --memory $((MEM_MB * MB)) \
       --dashboard-agent-listen-port $((PORT + 10 + i))
   done
   echo "local.sh: Ray at $ADDRESS (head 0 CPUs + $WORKERS workers x $CPUS CPUs), dashboard and Jobs API at" \
     "http://127.0.0.1:$DASH_PORT, RAY_AUTH_MODE=$RAY_AUTH_MODE"
+  if [[ "$RAY_AUTH_MODE" == "token" ]]; then
+    # shellcheck disable=SC2088  # shown to the user, not expanded
+    local src="~/.ray/auth_token"
+    [[ -n "${RAY_AUTH_TOKEN_PATH:-}" ]] && src="RAY_AUTH_TOKEN_PATH=$RAY_AUTH_TOKEN_PATH"
+    [[ -n "${RAY_AUTH_TOKEN:-}" ]] && src="RAY_AUTH_TOKEN"
+    echo "local.sh: clients (srcompress submit/status/logs/stop, ray job ...) authenticate with the token in $src"
+  fi
 }
 
 stop() {

@@ -189,3 +189,17 @@ def test_local_sh_syntax_and_settings() -> None:
     assert '--address "$ADDRESS" --num-cpus "$CPUS"' in text and "--object-store-memory" in text
     assert 'RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"' in text
     assert '"$RAY_BIN" stop' not in text  # `ray stop` would also kill other Ray clusters on the machine
+
+
+def test_heads_offer_the_trial_driver_resource():
+    """Trials hold one unit of orchestrator.search.TRIAL_RESOURCE; a cluster without it cannot run a search."""
+    import json
+
+    from orchestrator.search import TRIAL_RESOURCE
+
+    docs = list(yaml.safe_load_all((CLUSTER / "raycluster.yaml").read_text()))
+    head = next(d for d in docs if d and d.get("kind") == "RayCluster")["spec"]["headGroupSpec"]["rayStartParams"]
+    assert json.loads(json.loads(head["resources"]))[TRIAL_RESOURCE] > 0
+    aws = yaml.safe_load((CLUSTER / "autoscaler-aws.yaml").read_text())
+    assert aws["available_node_types"][aws["head_node_type"]]["resources"][TRIAL_RESOURCE] > 0
+    assert TRIAL_RESOURCE in (CLUSTER / "local.sh").read_text()

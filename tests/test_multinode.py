@@ -72,19 +72,18 @@ def test_cluster_shape(cluster) -> None:
     assert len(heads) == 1 and heads[0]["Resources"].get("CPU", 0) == 0
 
 
-def _node_loop(config: dict) -> None:
-    import ray.train
-
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
-    node = ray.get_runtime_context().get_node_id()
-    Path(config["out"], f"rank{rank}.json").write_text(json.dumps({"rank": rank, "node": node}))
-    ray.train.report({"rank": rank})
-
-
 def test_torch_trainer_spreads_over_nodes(cluster, tmp_path: Path) -> None:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+
+    def _node_loop(config: dict) -> None:
+        # Nested so cloudpickle ships it by value: the workers cannot import this test module.
+        import ray.train
+
+        rank = ray.train.get_context().get_world_rank()
+        node = ray.get_runtime_context().get_node_id()
+        Path(config["out"], f"rank{rank}.json").write_text(json.dumps({"rank": rank, "node": node}))
+        ray.train.report({"rank": rank})
 
     out = tmp_path / "ranks"
     out.mkdir()
