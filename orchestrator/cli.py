@@ -349,7 +349,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-
 # Command groups living in their own modules register themselves on ``app`` when imported.
 from orchestrator import cli_choose, cli_cluster, cli_method  # noqa: E402, F401
 

@@ -30,9 +30,7 @@ _CDISM = "CDISM Table I (arXiv 2401.00523), x2"
 # Keyed by (arch, scale).
 PUBLISHED: dict[tuple[str, int], Published] = {
     ("edsr", 2): Published("EDSR", _CDISM, 43_000_000, False, 9387.0, 38.11, 0.9601, 33.92, 0.9195),
-    ("edsr_baseline", 2): Published(
-        "EDSR_baseline", _CDISM, 1_369_859, True, 316.3, 37.99, 0.9604, 33.57, 0.9175
-    ),
+    ("edsr_baseline", 2): Published("EDSR_baseline", _CDISM, 1_369_859, True, 316.3, 37.99, 0.9604, 33.57, 0.9175),
     ("edsr_mini", 2): Published("EDSRmini", _CDISM, 49_603, True, 11.7, 37.67, 0.9597, 33.21, 0.9141),
     ("swinir", 2): Published("SwinIR", _CDISM, 11_800_000, False, 2301.0, 38.35, 0.9620, 34.14, 0.9227),
     ("swinir_light", 2): Published(
@@ -67,9 +65,7 @@ PUBLISHED: dict[tuple[str, int], Published] = {
 }
 
 # Reference points without a registered variant (drawn on reports as labelled markers).
-EXTRA_POINTS: tuple[Published, ...] = (
-    Published("SRCNN", _CDISM, 57_000, False, 13.2, 36.66, 0.9542, 32.45, 0.9067),
-)
+EXTRA_POINTS: tuple[Published, ...] = (Published("SRCNN", _CDISM, 57_000, False, 13.2, 36.66, 0.9542, 32.45, 0.9067),)
 
 
 def published_for(arch: str, scale: int) -> Published | None:

@@ -99,7 +99,12 @@ def write_tiny_job(tmp_path: Path, **overrides) -> Path:
         "data": {"train": None, "val": None, "scale": 2, "hr_patch": 32, "cache": {"enabled": True, "n_patches": 16}},
         "prune": {"enabled": False, "density": 0.05},
         "training": {
-            "steps": 20, "batch_size": 4, "val_every": 10, "log_every": 10, "ckpt_every": 10, "ema_decay": 0.0
+            "steps": 20,
+            "batch_size": 4,
+            "val_every": 10,
+            "log_every": 10,
+            "ckpt_every": 10,
+            "ema_decay": 0.0,
         },
         "resources": {"workers_per_trial": 1, "cpus_per_worker": 1, "use_gpu": False},
         "search": {"algorithm": "random", "num_samples": 2, "scheduler": {"type": "none"}},

@@ -68,18 +68,14 @@ def get_family(name: str) -> Family:
     try:
         return _FAMILIES[name]
     except KeyError:
-        raise ConfigError(
-            f"unknown model family {name!r}; valid families: {', '.join(sorted(_FAMILIES))}"
-        ) from None
+        raise ConfigError(f"unknown model family {name!r}; valid families: {', '.join(sorted(_FAMILIES))}") from None
 
 
 def get_variant(arch: str) -> Variant:
     try:
         return _VARIANTS[arch]
     except KeyError:
-        raise ConfigError(
-            f"unknown architecture {arch!r}; valid names: {', '.join(list_variants())}"
-        ) from None
+        raise ConfigError(f"unknown architecture {arch!r}; valid names: {', '.join(list_variants())}") from None
 
 
 def list_variants() -> list[str]:
