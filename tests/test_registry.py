@@ -11,7 +11,6 @@ from sr.errors import ConfigError
 from sr.models import build, family_of, get_family, list_variants, register_family, register_variant
 from sr.models._registry import arch_tag
 
-
 # Variants shipped by sr.models; tests may register throwaway ones whose names start with "_".
 VARIANTS = [v for v in list_variants() if not v.startswith("_")]
 
