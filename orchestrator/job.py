@@ -131,22 +131,49 @@ def _objective_key(metric: str, macs_convention: str) -> str:
     return {"macs": f"macs_{macs_convention}"}.get(metric, metric)
 
 
+def _plain_dim(dim: Any) -> Any:
+    """A spec dimension (Range, Choice or fixed value) as the plain value ``search_spaces.sampling`` reads."""
+    return {k: v for k, v in dim.model_dump().items() if v is not None} if hasattr(dim, "model_dump") else dim
+
+
 def _space(spec: Any) -> dict[str, Any]:
-    """The spec's student space + KD space as a plain mapping for ``search_spaces.sampling``."""
-    space = {k: (v.model_dump() if hasattr(v, "model_dump") else v) for k, v in spec.student.space.items()}
-    space = {
-        k: ({kk: vv for kk, vv in v.items() if vv is not None} if isinstance(v, dict) else v) for k, v in space.items()
-    }
+    """The spec's student space + KD (or CSD) space as a plain mapping for ``search_spaces.sampling``."""
+    space = {k: _plain_dim(v) for k, v in spec.student.space.items()}
     kd = spec.student.kd_space
-    for name in ("w_gt", "w_lap", "w_hf", "lr"):
+    csd = spec.student.method == "csd"
+    for name in ("lr",) if csd else ("w_gt", "w_lap", "w_hf", "lr"):
         dim = getattr(kd, name)
-        if dim is None:
-            dim = spec.training.lr
-        space[name] = (
-            {kk: vv for kk, vv in dim.model_dump().items() if vv is not None} if hasattr(dim, "model_dump") else dim
-        )
+        space[name] = _plain_dim(spec.training.lr if dim is None else dim)
+    if csd:
+        # CSD's own loss weights replace the KD ones; width is the exported student's channel ratio.
+        c = spec.csd_settings
+        space.update(width=_plain_dim(c.width), lambda_c=_plain_dim(c.lambda_c), lambda_t=c.lambda_t)
     space.setdefault("scale", spec.data.scale)
     return space
+
+
+def _smallest_knobs(spec: Any, space: dict[str, Any]) -> dict[str, Any]:
+    """The cheapest corner of the student space as model knobs (CSD: of the exported student, C' = w*C)."""
+    from search_spaces.sampling import is_range
+    from sr.models import get_family, get_variant, resolve_knobs
+
+    knobs = set(get_family(get_variant(spec.student.arch).family).knobs)
+    out: dict[str, Any] = {}
+    for k, v in space.items():
+        if k not in knobs:
+            continue
+        if is_range(v) and "low" in v:
+            v = v["low"]
+        elif is_range(v):  # choices: the least when numeric, else the variant's default
+            nums = [c for c in v["choices"] if isinstance(c, int | float) and not isinstance(c, bool)]
+            if not nums:
+                continue
+            v = min(nums)
+        out[k] = v
+    if spec.student.method == "csd":
+        width = min(spec.csd_settings.values("width"))
+        out["C"] = round(width * int(out.get("C", resolve_knobs(spec.student.arch)["C"])))
+    return out
 
 
 def _teacher_spec(spec: Any, weights: str | None) -> dict[str, Any]:
@@ -375,7 +402,8 @@ def plan_search(spec: Any, *, teacher: dict[str, Any], state: JobState, tracking
     space = _space(spec)
     objectives = tuple((_objective_key(o.metric, b.macs_convention), o.mode) for o in spec.objectives)
     paper_point = None
-    if spec.search.enqueue_paper_rule and state.allocation:
+    method = spec.student.method
+    if spec.search.enqueue_paper_rule and state.allocation and method == "kd":
         a = state.allocation
         point = {k: a[k] for k in ("C", "L", "B") if k in a and k in space}
         # The paper's KD weights (the authors' code) when the space allows them.
@@ -384,6 +412,7 @@ def plan_search(spec: Any, *, teacher: dict[str, Any], state: JobState, tracking
     tr = spec.training
     use_gpu = _use_gpu(spec)
     worker = {
+        "method": method,
         "teacher": teacher,
         "data": {**_data_dict(spec), "cache_dir": state.cache_dir},
         "threads": _threads(spec),
@@ -407,6 +436,10 @@ def plan_search(spec: Any, *, teacher: dict[str, Any], state: JobState, tracking
             ),
         },
     }
+    if method == "csd":
+        # Per trial, orchestrator.search adds the sampled width/lambda_c and the shared model's C.
+        c = spec.csd_settings
+        worker["csd"] = {"lambda_t": c.lambda_t, "vgg_weights": c.vgg_weights, "teacher_width": c.teacher_width}
     sched = spec.search.scheduler
     return SearchPlan(
         name=spec.name,
@@ -450,7 +483,6 @@ def run_job(
     from orchestrator.spec import check_paths, load_job_spec
     from orchestrator.tracking import JOB_TAG, KIND_TAG, STATUS_TAG, Tracker, check_reachable
     from orchestrator.trial_tracking import make_status_callback
-    from search_spaces.sampling import smallest
     from sr.budget import Budget, check_budget_reachable
 
     t_start = time.time()
@@ -461,9 +493,16 @@ def run_job(
     b = spec.budgets
     check_budget_reachable(
         spec.student.arch,
-        {k: v for k, v in smallest(space).items() if k in ("C", "L", "B", "scale") or k in spec.student.space},
+        _smallest_knobs(spec, space),
         Budget(max_params=b.max_params, max_macs=b.max_macs, macs_convention=b.macs_convention),
     )
+    csd = spec.csd_settings
+    if spec.student.method == "csd" and csd.vgg_weights == "random" and max(csd.values("lambda_c")) > 0:
+        print(
+            "[srcompress] warning: csd.vgg_weights is 'random': the contrastive loss uses an untrained VGG19 and "
+            "means nothing (a code-path check); use real VGG19 weights or lambda_c: 0 for results",
+            flush=True,
+        )
     uri = tracking_uri or spec.tracking_uri
     check_reachable(uri)
     out = Path(spec.storage.path).resolve() / spec.name
@@ -535,10 +574,17 @@ def run_job(
 
     # [J4]
     if state.allocation is None and state.density is not None and spec.search.enqueue_paper_rule:
-        state.allocation = paper_allocation(spec, teacher, state.density)
-        tracker.log_params(parent, {f"allocation.{k}": v for k, v in state.allocation.items()})
-        state.save(state_path)
-        print(f"[srcompress] paper-rule allocation: {state.allocation}", flush=True)
+        density = state.density
+        if density <= 0:
+            # Pruning removed every deep weight (too strong a penalty for this teacher): the rule then asks for the
+            # smallest architecture, which is what the smallest positive density gives.
+            print("[srcompress] warning: pruning zeroed every deep weight; lower prune.lambda/lr", flush=True)
+            density = 1e-6
+        state.allocation = paper_allocation(spec, teacher, density)
+        if state.allocation is not None:
+            tracker.log_params(parent, {f"allocation.{k}": v for k, v in state.allocation.items()})
+            state.save(state_path)
+            print(f"[srcompress] paper-rule allocation: {state.allocation}", flush=True)
 
     # [J5]
     if spec.data.cache.enabled and state.cache_dir is None:
@@ -575,20 +621,33 @@ def run_job(
     return summary
 
 
-def paper_allocation(spec: Any, teacher: dict[str, Any], density: float) -> dict[str, Any]:
-    """The paper's rule applied to the student family's reference size (the teacher if same family)."""
-    from sr.compress import allocate_arch
-    from sr.models import family_of
+def paper_allocation(spec: Any, teacher: dict[str, Any], density: float) -> dict[str, Any] | None:
+    """The paper's rule applied to the student family's reference size (the teacher if same family).
 
-    same_family = family_of(teacher["arch"]) == family_of(spec.student.arch)
+    Returns None (no seed, with a printed note) when neither applies: a student family other than EDSR/SwinIR
+    whose teacher has no C/B knobs.
+    """
+    from sr.compress import allocate, allocate_arch
+    from sr.models import family_of, resolve_knobs
+
+    t_family, s_family = family_of(teacher["arch"]), family_of(spec.student.arch)
     # Different families (e.g. IMDN teacher, EDSR student): allocate from the family's baseline variant.
-    base = (
-        teacher["arch"]
-        if same_family
-        else {"edsr": "edsr_baseline", "swinir": "swinir_light"}.get(family_of(spec.student.arch), spec.student.arch)
-    )
-    alloc, knobs = allocate_arch(base, density)
-    return {"base_arch": base, "C": alloc.C, "L": alloc.L, "B": alloc.B, "density": density}
+    baselines = {"edsr": "edsr_baseline", "swinir": "swinir_light"}
+    if t_family == s_family or s_family in baselines:
+        base = teacher["arch"] if t_family == s_family else baselines[s_family]
+        alloc, _ = allocate_arch(base, density)
+        return {"base_arch": base, "C": alloc.C, "L": alloc.L, "B": alloc.B, "density": density}
+    # Other families (RFDN, IMDN-CLB students): the rule on the pruned teacher's own C/L/B, clamped to the space.
+    k = resolve_knobs(teacher["arch"], **teacher.get("knobs", {}))
+    if "C" not in k or "B" not in k:
+        print(
+            f"[srcompress] note: no paper-rule seed: teacher {teacher['arch']} has no C/B knobs to allocate from "
+            f"for a {s_family} student",
+            flush=True,
+        )
+        return None
+    alloc = allocate(C=k["C"], L=k.get("L", 1), B=k["B"], density=density, family=t_family, heads=k.get("heads"))
+    return {"base_arch": teacher["arch"], "C": alloc.C, "L": alloc.L, "B": alloc.B, "density": density}
 
 
 def finish(spec: Any, plan: Any, tracker: Any, exp_id: str, parent: str, results: Any, out: Path) -> dict:

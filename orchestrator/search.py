@@ -5,7 +5,8 @@ Distributed structure:
   [T2] ``run_trial``: a Tune function trainable per trial (holds one unit of the custom ``TRIAL_RESOURCE``, so
        it takes no CPU from its workers). It prices the architecture, measures latency if budgeted, opens the
        trial's MLflow child run and then...
-  [T3] ...fits a ``TorchTrainer(kd_worker)`` whose metrics reach Tune through ``TuneReportCallback``.
+  [T3] ...fits a ``TorchTrainer(kd_worker)`` (``csd_worker`` for ``student.method: csd``) whose metrics reach
+       Tune through ``TuneReportCallback``.
 Budgets: params/MACs are priced inside the define-by-run function and attached to the Optuna trial with
 ``trial.set_constraint``; an infeasible configuration returns at once from ``run_trial`` (never trained) with a
 marker result. Latency is only known on the trial's device, so ``run_trial`` reports it and ``_BudgetedOptuna``
@@ -31,6 +32,7 @@ from sr.budget import Budget, constraint_values, price
 
 log = logging.getLogger(__name__)
 
+CSD_DIMS = ("width", "lambda_c", "lambda_t")  # CSD's sampled settings (student.method: csd)
 TRIAL_RESOURCE = "srcompress_trial"  # custom resource held by each trial driver (not by its Train workers)
 INFEASIBLE_PSNR = 0.0  # objective value reported for configurations that were never trained
 
@@ -66,21 +68,37 @@ class SearchPlan:
 
 
 # ---------------------------------------------------------------------------------------------- naming / arch
+def _method(plan: SearchPlan) -> str:
+    return str(plan.worker.get("method", "kd"))
+
+
+def shared_channels(config: Mapping[str, Any], plan: SearchPlan) -> int:
+    """CSD: channels C of the width-shared model that trains (the space's C, else the variant's)."""
+    from sr.models import resolve_knobs
+
+    return int(config.get("C", resolve_knobs(plan.student_arch)["C"]))
+
+
 def student_knobs(config: Mapping[str, Any], plan: SearchPlan) -> dict[str, Any]:
-    """Model knobs of a sampled config: C/L/B plus the space's fixed knobs (not KD weights)."""
+    """Model knobs of a sampled config: C/L/B plus the space's fixed knobs (not KD weights).
+
+    For CSD these describe the exported student (``C' = width * C``): budgets, latency and names are its.
+    """
     from sr.models import get_family, get_variant
 
     valid = set(get_family(get_variant(plan.student_arch).family).knobs)
     knobs = {k: v for k, v in config.items() if k in valid}
     knobs.setdefault("scale", plan.scale)
+    if _method(plan) == "csd" and "width" in config:
+        knobs["C"] = round(float(config["width"]) * shared_channels(config, plan))
     return knobs
 
 
 def trial_name(config: Mapping[str, Any], plan: SearchPlan, trial_id: str) -> str:
-    """``edsr_C16L1B8_x2_kd_<id>``: the Ray trial name and the MLflow child run name."""
+    """``edsr_C16L1B8_x2_kd_<id>`` (``_csd_`` for CSD): the Ray trial name and the MLflow child run name."""
     from sr.models import arch_tag
 
-    return f"{arch_tag(plan.student_arch, **student_knobs(config, plan))}_kd_{trial_id[-5:]}"
+    return f"{arch_tag(plan.student_arch, **student_knobs(config, plan))}_{_method(plan)}_{trial_id[-5:]}"
 
 
 # ------------------------------------------------------------------------------------------- define-by-run
@@ -210,8 +228,9 @@ def run_trial(config: dict[str, Any], plan: SearchPlan) -> None:
         return
     knobs = student_knobs(config, plan)
     price_d = dict(config.get("_price") or price(plan.student_arch, **knobs).as_dict())
-    kd_params = {k: config[k] for k in KD_DIMS if k in config}
-    run_id = tt.open_trial_run(plan, trial_id=trial_id, name=name, knobs=knobs, kd=kd_params, config=config)
+    kd_params = {k: config[k] for k in (*KD_DIMS, *CSD_DIMS) if k in config}
+    logged = {**kd_params, "shared_C": shared_channels(config, plan)} if _method(plan) == "csd" else kd_params
+    run_id = tt.open_trial_run(plan, trial_id=trial_id, name=name, knobs=knobs, kd=logged, config=config)
 
     if config.get("_infeasible"):
         tt.close_trial_run(plan, run_id, status="infeasible", metrics=price_d)
@@ -254,17 +273,24 @@ def _fit_kd_trainer(
     run_id: str | None,
     extra: Mapping[str, Any],
 ):
-    """[T3] The trial's TorchTrainer; its metrics stream to Tune through TuneReportCallback."""
+    """[T3] The trial's TorchTrainer (``kd_worker``, or ``csd_worker`` for CSD); its metrics stream to Tune
+    through TuneReportCallback."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from orchestrator.csd_worker import csd_worker
     from orchestrator.workers import kd_worker
 
     worker_cfg = json.loads(json.dumps(plan.worker))  # a deep copy that is plain JSON
     worker_cfg["trial_name"] = name
-    worker_cfg["student"] = {"arch": plan.student_arch, "knobs": dict(knobs)}
-    worker_cfg["kd"] = {**worker_cfg.get("kd", {}), **kd_params}
+    worker_cfg["student"] = {"arch": plan.student_arch, "knobs": dict(knobs)}  # CSD: the exported student
+    worker_cfg["kd"] = {**worker_cfg.get("kd", {}), **{k: v for k, v in kd_params.items() if k not in CSD_DIMS}}
+    worker_fn = kd_worker
+    if worker_cfg.get("method") == "csd":
+        worker_fn = csd_worker
+        csd = {k: v for k, v in kd_params.items() if k in CSD_DIMS}
+        worker_cfg["csd"] = {**worker_cfg.get("csd", {}), **csd, "C": shared_channels(config, plan)}
     worker_cfg["static_metrics"] = dict(extra)
     if plan.tracking and run_id:
         worker_cfg["tracking"] = {"uri": plan.tracking["uri"], "run_id": run_id}
@@ -274,7 +300,7 @@ def _fit_kd_trainer(
         resources_per_worker={"CPU": plan.cpus_per_worker, **({"GPU": plan.gpus_per_worker} if plan.use_gpu else {})},
     )
     trainer = TorchTrainer(
-        kd_worker,
+        worker_fn,
         train_loop_config=worker_cfg,
         scaling_config=scaling,
         run_config=RunConfig(
@@ -350,6 +376,7 @@ def finite(x: Any) -> bool:
 
 __all__ = [
     "ARCH_DIMS",
+    "CSD_DIMS",
     "SearchPlan",
     "TRIAL_RESOURCE",
     "make_searcher",
@@ -357,6 +384,7 @@ __all__ = [
     "make_tuner",
     "max_concurrent",
     "run_trial",
+    "shared_channels",
     "student_knobs",
     "trial_name",
 ]

@@ -57,6 +57,7 @@ from sr.errors import ConfigError
 
 __all__ = [
     "BudgetsSpec",
+    "CSDSpec",
     "CacheSpec",
     "Choice",
     "DataSpec",
@@ -360,6 +361,42 @@ class StudentSpec(_Model):
         description="knob -> fixed value, {low, high[, step][, log]} or {choices: [...]} (e.g. C, L, B)",
     )
     kd_space: KDSpace = Field(default_factory=KDSpace)
+    method: Literal["kd", "csd"] = Field(
+        "kd", description="kd: distil from the teacher; csd: contrastive self-distillation of a width-shared EDSR"
+    )
+
+
+def _vgg_path(value: str | None, info: ValidationInfo) -> str | None:
+    # "random" may come from a default (${SRCOMPRESS_VGG19:-random}): compare after expanding.
+    if value is None or _expand_env(value) == "random":
+        return None if value is None else "random"
+    return _input_path(value, info)
+
+
+class CSDSpec(_Model):
+    """CSD (contrastive self-distillation, REFERENCE.md section 4), read when ``student.method: csd``.
+
+    One width-shared EDSR (``student.space`` gives its full size) trains its full width (the teacher) and its
+    leading ``width`` channel slice (the student) together; the student is exported as a standalone EDSR with
+    ``C' = width * C``, and budgets price that exported model. ``width`` and ``lambda_c`` may be searched.
+    ``vgg_weights: random`` is a seeded untrained VGG19: it only exercises the code path (tests, CPU demo);
+    the contrastive loss it gives is NOT meaningful, so use real weights or ``lambda_c: 0`` for results.
+    """
+
+    width: Dim = Field(0.25, description="student width ratio w (C' = w*C): a fixed value or {choices: [...]}")
+    lambda_c: Dim = Field(200.0, description="contrastive-loss weight (paper: 200); > 0 needs vgg_weights")
+    lambda_t: float = Field(1.0, ge=0, description="weight of the teacher width's L1 loss (paper: 1)")
+    vgg_weights: Annotated[str | None, AfterValidator(_vgg_path)] = Field(
+        None, description="torchvision vgg19-dcbb9e9d.pth; 'random' = untrained VGG19 (tests only, not meaningful)"
+    )
+    teacher_width: float = Field(1.0, gt=0, le=1, description="width ratio of the teacher slice (paper: 1.0)")
+
+    def values(self, name: str) -> list[Any]:
+        """Every value a dimension (``width`` or ``lambda_c``) can take: bounds for a range."""
+        dim = getattr(self, name)
+        if isinstance(dim, Range):
+            return [dim.low, dim.high]
+        return list(dim.choices) if isinstance(dim, Choice) else [dim]
 
 
 class BudgetsSpec(_Model):
@@ -639,6 +676,7 @@ class JobSpec(_Model):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     search: SearchSpec = Field(default_factory=SearchSpec)
+    csd: CSDSpec | None = Field(None, description="CSD settings (student.method: csd); null = the defaults")
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
     failure: FailureSpec = Field(default_factory=FailureSpec)
@@ -667,6 +705,7 @@ class JobSpec(_Model):
 
     @model_validator(mode="after")
     def _check_semantics(self) -> JobSpec:
+        _check_csd(self)
         if self.teacher.scale is not None and self.teacher.scale != self.data.scale:
             raise _KeyedError(
                 "teacher.scale",
@@ -701,6 +740,11 @@ class JobSpec(_Model):
     def tracking_uri(self) -> str:
         """``tracking.uri``, or ``sqlite:///<storage.path>/mlflow.db``."""
         return self.tracking.uri or f"sqlite:///{os.path.join(self.storage.path, 'mlflow.db')}"
+
+    @property
+    def csd_settings(self) -> CSDSpec:
+        """``csd``, or its defaults when the section is absent."""
+        return self.csd or CSDSpec()
 
     @property
     def experiment_name(self) -> str:
@@ -825,6 +869,60 @@ def _check_models(spec: JobSpec) -> None:
                     f"SwinIR needs C to be a multiple of heads ({heads}); use values (low and step) divisible "
                     f"by {heads}",
                 )
+
+
+def _check_csd(spec: JobSpec) -> None:
+    """``student.method: csd``: an EDSR student, widths that slice whole channels, VGG weights for lambda_c > 0."""
+    if spec.student.method != "csd":
+        if spec.csd is not None:
+            raise _KeyedError("csd", "is only read with student.method: csd; drop it or set the method")
+        return
+    import sr.models as models
+
+    arch = spec.student.arch
+    if arch in models.list_variants() and models.family_of(arch) != "edsr":
+        raise _KeyedError(
+            "student.method",
+            f"csd slices an EDSR's channels, but {arch} is family {models.family_of(arch)}; use an edsr variant "
+            "(e.g. edsr_baseline) or method: kd",
+        )
+    csd = spec.csd_settings
+    # CSD distils the shared model into its own slice: the external teacher is only the report's reference.
+    for key, on, fix in (
+        ("prune.enabled", spec.prune.runs, "set prune.enabled: false"),
+        ("data.cache.enabled", spec.data.cache.enabled, "set data.cache.enabled: false"),
+        ("search.enqueue_paper_rule", spec.search.enqueue_paper_rule, "set search.enqueue_paper_rule: false"),
+    ):
+        if on:
+            raise _KeyedError(key, f"CSD does not use the teacher's pruning, cache or paper-rule seed; {fix}")
+    widths = csd.values("width")
+    if isinstance(csd.width, Range):
+        raise _KeyedError("csd.width", "must be a fixed value or {choices: [...]} (w*C must be whole); list them")
+    for w in widths:
+        if isinstance(w, bool) or not isinstance(w, int | float) or not 0 < w < csd.teacher_width:
+            raise _KeyedError(
+                "csd.width", f"{w!r} must be a number in (0, teacher_width={csd.teacher_width}); e.g. 0.25"
+            )
+    c_dim = spec.student.space.get("C", models.resolve_knobs(arch).get("C") if arch in models.list_variants() else 0)
+    if isinstance(c_dim, Range):
+        cs = list(range(int(c_dim.low), int(c_dim.high) + 1, int(c_dim.step or 1)))
+    else:
+        cs = list(c_dim.choices) if isinstance(c_dim, Choice) else [c_dim]
+    for c in cs:
+        for w in (*widths, csd.teacher_width):
+            if isinstance(c, int) and abs(w * c - round(w * c)) > 1e-6:
+                raise _KeyedError(
+                    "csd.width", f"width {w} of C={c} gives {w * c:g} channels, not a whole number; pick w = k/{c}"
+                )
+    lambdas = csd.values("lambda_c")
+    if any(isinstance(v, bool) or not isinstance(v, int | float) or v < 0 for v in lambdas):
+        raise _KeyedError("csd.lambda_c", f"values {lambdas} must be numbers >= 0; e.g. 200, or 0 to disable CL")
+    if max(lambdas) > 0 and csd.vgg_weights is None:
+        raise _KeyedError(
+            "csd.vgg_weights",
+            "lambda_c > 0 needs VGG19 weights for the contrastive loss; set csd.vgg_weights to torchvision's "
+            "vgg19-dcbb9e9d.pth, or lambda_c: 0",
+        )
 
 
 # ----------------------------------------------------------------------------------------------------- loading
@@ -1142,6 +1240,12 @@ def check_paths(spec: JobSpec, spec_path: str | Path | None = None) -> JobSpec:
             if arch != teacher.arch:
                 update["set"] = {}
             teacher = teacher.model_copy(update=update)
+
+    vgg = spec.csd_settings.vgg_weights if spec.student.method == "csd" else None
+    if vgg not in (None, "random") and not _is_uri(vgg) and not Path(vgg).is_file():
+        raise fail(
+            "csd.vgg_weights", f"{vgg} is not a file; point at torchvision's vgg19-dcbb9e9d.pth or set lambda_c: 0"
+        )
 
     data = spec.data
     exts = _image_extensions()
