@@ -1,4 +1,4 @@
-"""Overhead of the orchestrator per search trial: the same KD work through Tune -> TorchTrainer -> MLflow vs plain.
+"""Overhead of the orchestrator per search trial: the same KD work through Tune (-> TorchTrainer) -> MLflow vs plain.
 
 The orchestrated side is the real search path: a job spec (fixed student ``edsr_mini`` C16 B8, fixed KD weights,
 teacher IMDN x2 with the official weights when present, else ``edsr_baseline`` with random weights; T91 / Set5
@@ -22,9 +22,14 @@ it: reports, checkpoint persisting, CPU taken by Ray's processes; after the last
 shutdown), and CPU seconds of this process and of every process it started, by kind (``_CpuSampler``). Overhead
 is taken outside training (``_paired``): the training time of identical work varied 2.5x between rounds on the
 shared machine, so (wall - training) of the trial minus that of the plain run of the same round; it is a fixed cost
-per trial, so its share of a 2-minute trial is ``overhead_s / 120``. With ``--tune-fn`` (default, not with
-``--quick``) a third side runs the plain work as a bare Tune function trial (no TorchTrainer, no MLflow): what a
-trial would cost if it trained in its Tune actor.
+per trial, so its share of a 2-minute trial is ``overhead_s / 120``.
+
+The orchestrated side uses the job's default runner (``resources.trial_runner: auto``: a one-worker trial trains
+inside its Tune trial). With ``--trainer`` (default, not with ``--quick``) a third side runs the same trial with
+``trial_runner: trainer`` (every trial launches a TorchTrainer, the runner of multi-worker trials). With ``--job``
+(default, not with ``--quick``) the K orchestrated trials also run as one search of K trials in one Tuner, as
+``srcompress run`` does, where the trial actor is reused (``reuse_actors``): its per-trial overhead is the job's
+(wall - training) / K minus the plain runs' median (wall - training).
 
 Run ``python -m bench.overhead`` (3 trials of ~60 s) or ``--quick`` (2 trials of ~10 s).
 """
@@ -62,7 +67,7 @@ GOAL_TRIAL_S = 120.0
 
 
 def _parse_args(argv: Sequence[str]) -> Any:
-    p = make_parser(NAME, "Per-trial overhead of Tune -> TorchTrainer -> MLflow vs the same fit_kd work in-process.")
+    p = make_parser(NAME, "Per-trial overhead of Tune (-> TorchTrainer) -> MLflow vs the same fit_kd work plain.")
     p.add_argument("--trials", type=int, default=None, help="K trials per side (default 3; quick 2)")
     p.add_argument("--work-s", type=float, default=None, help="training seconds per trial (default 60; quick 10)")
     p.add_argument("--steps", type=int, default=None, help="steps per trial (skips calibration; rounded to 3 reports)")
@@ -84,19 +89,26 @@ def _parse_args(argv: Sequence[str]) -> Any:
     )
     p.add_argument("--calib-steps", type=int, default=4, help="plain steps timed to calibrate --work-s (default 4)")
     p.add_argument(
-        "--tune-fn",
+        "--trainer",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="also run the work as a bare Tune function trial, without TorchTrainer or MLflow (default: on; "
-        "off with --quick)",
+        help="also run each trial with trial_runner: trainer (a TorchTrainer per trial) (default: on; off with "
+        "--quick)",
+    )
+    p.add_argument(
+        "--job",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also run the K trials as one search in one Tuner (actor reuse) (default: on; off with --quick)",
     )
     args = p.parse_args(argv)
     preset = QUICK if args.quick else FULL
     for key in ("trials", "work_s"):
         if getattr(args, key) is None:
             setattr(args, key, preset[key])
-    if args.tune_fn is None:
-        args.tune_fn = not args.quick
+    for key in ("trainer", "job"):
+        if getattr(args, key) is None:
+            setattr(args, key, not args.quick)
     if args.trials < 1 or args.work_s <= 0 or args.batch < 1 or args.calib_steps < 1:
         p.error("--trials, --work-s, --batch and --calib-steps must be positive")
     if args.steps is not None and args.steps < 1:
@@ -157,6 +169,7 @@ def _spec_dict(args: Any, *, name: str, steps: int, teacher: dict[str, Any], sto
             "max_concurrent_trials": 1,
             "scheduler": {"type": "none"},
             "enqueue_paper_rule": False,
+            "dedupe": False,  # every trial is the same fixed configuration: train it each time
         },
         "storage": {"path": str(storage)},
         "failure": {"max_failures": 0},
@@ -383,7 +396,7 @@ def _timeline_callback():
             self.trials: dict[str, dict[str, Any]] = {}
 
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self.trials[trial.trial_id] = {"start": time.time(), "results": [], "end": None}
+            self.trials[trial.trial_id] = {"start": time.time(), "results": [], "end": None, "config": trial.config}
 
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
             self.trials[trial.trial_id]["results"].append((time.time(), dict(result)))
@@ -403,8 +416,9 @@ def _orchestrated_trial(plan: Any, *, first_val_ckpt_s: float) -> dict[str, Any]
     import mlflow
 
     from orchestrator.search import make_tuner
-    from orchestrator.trial_tracking import TRIAL_ID_TAG, make_status_callback
+    from orchestrator.trial_tracking import TRIAL_ID_TAG, make_status_callback, trial_key
 
+    plan = _with_new_parent(plan)
     timeline = _timeline_callback()
     t0 = time.time()
     tuner, _ = make_tuner(plan, callbacks=[make_status_callback(plan), timeline])
@@ -417,7 +431,8 @@ def _orchestrated_trial(plan: Any, *, first_val_ckpt_s: float) -> dict[str, Any]
     client = mlflow.MlflowClient(plan.tracking["uri"])
     (run,) = client.search_runs(
         [plan.tracking["experiment_id"]],
-        f"tags.`{TRIAL_ID_TAG}` = '{trial_id}' and tags.`mlflow.parentRunId` = '{plan.tracking['parent_run_id']}'",
+        f"tags.`{TRIAL_ID_TAG}` = '{trial_key(trial_id, tl['config'])}' and "
+        f"tags.`mlflow.parentRunId` = '{plan.tracking['parent_run_id']}'",
     )
     # Rank 0 logs each report's metrics to MLflow just before ray.train.report; closing the run logs the last
     # ones again: keep the first timestamp of each step.
@@ -448,42 +463,38 @@ def _orchestrated_trial(plan: Any, *, first_val_ckpt_s: float) -> dict[str, Any]
     }
 
 
-def _tune_fn_trial(cfg: dict[str, Any], *, storage: Path, name: str) -> dict[str, Any]:
-    """The same plain work as a bare Tune function trainable (no TorchTrainer, no MLflow): what a trial would
-    cost if ``run_trial`` trained in its own process instead of starting a Train run."""
-    from ray import tune
+def _with_new_parent(plan: Any) -> Any:
+    """``plan`` under a new MLflow parent run: each Tuner is a search of its own (trial runs are keyed by Optuna's
+    trial number within one search)."""
+    from orchestrator.search import with_plan
+    from orchestrator.tracking import KIND_TAG, STATUS_TAG, Tracker
 
-    from orchestrator.search import TRIAL_RESOURCE
+    t = plan.tracking
+    parent = Tracker(t["uri"]).start_run(
+        t["experiment_id"], f"search_{plan.name}", tags={KIND_TAG: "search", STATUS_TAG: "running"}
+    )
+    return with_plan(plan, tracking={**t, "parent_run_id": parent})
 
-    def trainable(config: dict[str, Any]) -> None:
-        import ray.tune
 
-        _plain_trial(config["cfg"], report=ray.tune.report)
+def _orchestrated_job(plan: Any, trials: int) -> dict[str, Any]:
+    """One search of ``trials`` trials in one Tuner (the trial actor reused, as ``srcompress run`` runs them)."""
+    from orchestrator.search import make_tuner
+    from orchestrator.trial_tracking import make_status_callback
+
+    plan = _with_new_parent(plan)
 
     timeline = _timeline_callback()
     t0 = time.time()
-    tuner = tune.Tuner(
-        tune.with_resources(trainable, {"CPU": 1, TRIAL_RESOURCE: 1}),
-        param_space={"cfg": cfg},
-        tune_config=tune.TuneConfig(num_samples=1),
-        run_config=tune.RunConfig(name=name, storage_path=str(storage.resolve()), callbacks=[timeline], verbose=0),
-    )
+    tuner, _ = make_tuner(plan, callbacks=[make_status_callback(plan), timeline])
     with contextlib.redirect_stdout(sys.stderr):
         results = tuner.fit()
-    t_fit_end = time.time()
+    wall = time.time() - t0
     if results.errors:
-        raise RuntimeError(f"the Tune-only trial failed: {results.errors[0]!r}")
-    ((_, tl),) = timeline.trials.items()
-    results_m = [r for _, r in tl["results"] if "it_per_s" in r]
-    return {
-        "wall_s": t_fit_end - t0,
-        "trial_wall_s": tl["end"] - tl["start"],
-        "train_s": sum(_windows(results_m)),
-        "to_trial_start_s": tl["start"] - t0,
-        "to_first_step_s": results_m[0]["fit_start_unix"] - t0,
-        "steps": int(results_m[-1]["step"]),
-        "val_psnr_y": results_m[-1].get("val_psnr_y"),
-    }
+        raise RuntimeError(f"the orchestrated job failed: {results.errors[0]!r}")
+    if len(timeline.trials) != trials:
+        raise RuntimeError(f"the orchestrated job ran {len(timeline.trials)} trials, not {trials}")
+    train = sum(sum(_windows([r for _, r in tl["results"] if "it_per_s" in r])) for tl in timeline.trials.values())
+    return {"wall_s": wall, "train_s": train, "trials": trials}
 
 
 # -------------------------------------------------------------------------------------------------- figures
@@ -538,22 +549,23 @@ def run(args: Any) -> dict[str, Any]:
         plan, spec = _make_plan(spec_d, tmp, f"sqlite:///{tmp / 'runs' / 'mlflow.db'}")
         cfg = _worker_config(plan)
 
-        rows: dict[str, list[dict[str, Any]]] = {"plain": [], "orch": [], "tune_fn": []}
-        plain, orch, tune_fn = rows["plain"], rows["orch"], rows["tune_fn"]
-        sides = ["plain", "orch"] + (["tune_fn"] if args.tune_fn else [])
+        rows: dict[str, list[dict[str, Any]]] = {"plain": [], "orch": [], "trainer": []}
+        plain, orch, trainer = rows["plain"], rows["orch"], rows["trainer"]
+        sides = ["plain", "orch"] + (["trainer"] if args.trainer else [])
         for i in range(args.trials):
             k = i % len(sides)
             for side in sides[k:] + sides[:k]:  # rotate; round 0 starts with plain
                 with _CpuSampler() as cpu:
                     if side == "plain":
                         r = _plain_trial(cfg)
-                    elif side == "orch":
+                    else:
                         # Validation + checkpoint before the first report, as measured in the plain runs (round 0
                         # runs plain first, so there is always one).
                         vc = statistics.median(p["first_val_ckpt_s"] for p in plain)
-                        r = _orchestrated_trial(with_plan(plan, name=f"overhead_{i}"), first_val_ckpt_s=vc)
-                    else:
-                        r = _tune_fn_trial(cfg, storage=tmp / "runs" / "tune_fn", name=f"tune_fn_{i}")
+                        runner = "auto" if side == "orch" else "trainer"
+                        r = _orchestrated_trial(
+                            with_plan(plan, name=f"overhead_{side}_{i}", trial_runner=runner), first_val_ckpt_s=vc
+                        )
                 r.update(cpu_s=cpu.total_s, cpu_by_kind=cpu.by_kind())
                 rows[side].append(r)
                 log(
@@ -561,6 +573,10 @@ def run(args: Any) -> dict[str, Any]:
                     f"to first step {r['to_first_step_s']:.1f} s, CPU {r['cpu_s']:.1f} s "
                     f"(load {os.getloadavg()[0]:.1f}); CPU by process: {r['cpu_by_kind']}"
                 )
+        job = None
+        if args.job:
+            job = _orchestrated_job(with_plan(plan, name="overhead_job", num_samples=args.trials), args.trials)
+            log(f"job of {args.trials} trials in one Tuner: wall {job['wall_s']:.1f} s, train {job['train_s']:.1f} s")
     finally:
         with contextlib.suppress(Exception):
             ray.shutdown()
@@ -635,17 +651,27 @@ def run(args: Any) -> dict[str, Any]:
         "goal_fraction": GOAL_FRACTION,
         "goal_met": o["overhead_s"] / GOAL_TRIAL_S <= GOAL_FRACTION,
     }
-    if tune_fn:
-        t = _paired(tune_fn, plain)
+    if trainer:
+        t = _paired(trainer, plain)
         figures.update(
-            tune_fn=rnd(tune_fn),
-            tune_fn_wall_s=round(med(tune_fn, "wall_s"), 2),
-            tune_fn_overhead_s=round(t["overhead_s"], 2),
-            tune_fn_overhead_s_per_trial=t["overhead_s_per_trial"],
-            tune_fn_to_first_step_s=round(t["to_first_step_s"], 2),
-            tune_fn_cpu_s=round(med(tune_fn, "cpu_s"), 2),
-            tune_fn_overhead_cpu_s=round(t["overhead_cpu_s"], 2),
-            tune_fn_fraction_at_2min=round(t["overhead_s"] / GOAL_TRIAL_S, 4),
+            trainer=rnd(trainer),
+            trainer_wall_s=round(med(trainer, "wall_s"), 2),
+            trainer_overhead_s=round(t["overhead_s"], 2),
+            trainer_overhead_s_per_trial=t["overhead_s_per_trial"],
+            trainer_to_first_step_s=round(t["to_first_step_s"], 2),
+            trainer_cpu_s=round(med(trainer, "cpu_s"), 2),
+            trainer_overhead_cpu_s=round(t["overhead_cpu_s"], 2),
+            trainer_fraction_at_2min=round(t["overhead_s"] / GOAL_TRIAL_S, 4),
+            trainer_cpu_by_process=kinds(trainer),
+        )
+    if job is not None:
+        plain_non_train = statistics.median(p["wall_s"] - p["train_s"] for p in plain)
+        per_trial = (job["wall_s"] - job["train_s"]) / job["trials"] - plain_non_train
+        figures.update(
+            job_wall_s=round(job["wall_s"], 2),
+            job_train_s=round(job["train_s"], 2),
+            job_overhead_s_per_trial=round(per_trial, 2),
+            job_fraction_at_2min=round(per_trial / GOAL_TRIAL_S, 4),
         )
     figures.update(
         load_avg_1min=round(os.getloadavg()[0], 2), cpus=os.cpu_count(), wall_s=round(time.perf_counter() - t_all, 1)
@@ -674,11 +700,18 @@ def _summary(fig: dict[str, Any]) -> str:
         "orchestrated CPU by process: "
         + ", ".join(f"{k} {v:.1f}" for k, v in list(fig["orch_cpu_by_process"].items())[:8]),
     ]
-    if "tune_fn_wall_s" in fig:
+    if "trainer_wall_s" in fig:
         parts.append(
-            "same work as a bare Tune function trial (no TorchTrainer/MLflow): overhead "
-            f"{fig['tune_fn_overhead_s']:.1f} s {fig['tune_fn_overhead_s_per_trial']}, "
-            f"to first step {fig['tune_fn_to_first_step_s']:.1f} s, +{fig['tune_fn_overhead_cpu_s']:.1f} CPU s"
+            "same trial with trial_runner: trainer (a TorchTrainer per trial): overhead "
+            f"{fig['trainer_overhead_s']:.1f} s {fig['trainer_overhead_s_per_trial']} = "
+            f"{100 * fig['trainer_fraction_at_2min']:.1f}% of a 2-min trial, to first step "
+            f"{fig['trainer_to_first_step_s']:.1f} s, +{fig['trainer_overhead_cpu_s']:.1f} CPU s"
+        )
+    if "job_wall_s" in fig:
+        parts.append(
+            f"{fig['trials']} trials as one search (one Tuner, trial actor reused): overhead "
+            f"{fig['job_overhead_s_per_trial']:.1f} s per trial = {100 * fig['job_fraction_at_2min']:.1f}% of a "
+            "2-min trial"
         )
     parts.append(f"1-min load {fig['load_avg_1min']} on {fig['cpus']} CPUs")
     return "; ".join(parts)

@@ -5,27 +5,29 @@ runs over a grid of EDSR students (C, L, B, w_gt). A replay drives the searcher 
 ``orchestrator.search.make_searcher`` (Ray Tune's ``OptunaSearch`` with the same NSGA-II / MO-TPE / random sampler
 settings and the paper-rule point enqueued first), through its own ``suggest`` / ``on_trial_complete`` calls, with
 no Ray cluster: each suggested configuration is priced and checked against the budget by the real define-by-run
-function (``SpaceFn``: ``trial.set_constraint``), an infeasible one is answered at once with the marker result of
-an untrained trial (PSNR 0, no training cost, but it counts as a trial), and a feasible one with its table row.
+function (``SpaceFn``: ``trial.set_constraint``); as in the real search (``search.skip_infeasible`` and
+``search.dedupe``, both on by default) the searcher answers an over-budget draw and a draw identical to a trained
+trial itself and draws again, so each trial is a new feasible configuration, answered with its table row. With
+``skip_infeasible=false`` an infeasible draw is a trial answered with the marker result of an untrained trial
+(PSNR 0, no training cost, but it uses up a trial).
 
 Figures: the hypervolume (HV) of the feasible front after each trial, objectives PSNR_Y (max) and 720p MACs (min),
 against one fixed reference point (the worst feasible values of the whole table pushed out by 5% of their range,
 ``orchestrator.pareto.reference_point``), normalised by the box between the reference and the ideal point (best
 feasible PSNR, fewest feasible MACs) so 1.0 is unreachable and the whole table's front gives its upper bound.
 Per algorithm, with and without the paper seed, over ``--seeds`` sampler seeds: the mean (and std) HV at 8, 16, 24,
-32 and 48 trials, the trials at which the mean curve first reaches random search's mean HV at the last trial (no
-seed; the target), the share of seeds reaching it by 16 trials, and the trials actually trained (feasible ones).
+32 and 48 trials, the trials at which the mean curve first reaches the target, the share of seeds reaching it by
+16 trials, and the trials actually trained (feasible ones). The target is plain random search's mean HV at the last
+trial (no seed; ``random:skip_infeasible=false,dedupe=false``: every draw is a trial, the classic baseline).
 
 Differences from the real search: trials run one after another (``--concurrency`` k keeps k in flight, completed
-oldest first), no ASHA (the table holds final scores only), and a configuration sampled twice is looked up twice
-(the real search would train it twice).
+oldest first) and no ASHA (the table holds final scores only).
 
 The search space is ``--grid`` (default C 8..32 step 8, L 1..2, B 2..8 step 2) with w_gt over the table's values;
 the table must hold every configuration the budget admits (rows of over-budget ones may be missing: the search
 never trains them). ``--algorithms`` also takes variants, e.g. ``nsga2:population_size=8`` or
-``motpe:n_startup_trials=6,multivariate=true`` (sampler keyword arguments over ``make_searcher``'s), plus the
-replay options ``skip_infeasible`` and ``dedupe``, which emulate a searcher that answers over-budget and
-already-trained draws itself, so that every trial is a new training (see ``Variant``).
+``motpe:n_startup_trials=12,multivariate=false`` (sampler keyword arguments over ``make_searcher``'s), and the
+searcher options ``skip_infeasible=false`` / ``dedupe=false`` (see ``Variant``).
 
 Run ``python -m bench.search_replay`` (10 seeds x 3 algorithms x 2 seedings x 48 trials) or ``--quick``.
 """
@@ -47,13 +49,7 @@ import pandas as pd
 
 from bench._common import REPO, command_for, emit, log, make_parser
 from orchestrator.pareto import hypervolume_2d, hypervolume_history, pareto_mask, parse_size, reference_point
-from orchestrator.search import (
-    INFEASIBLE_PSNR,
-    BudgetedOptunaSearch,
-    SearchPlan,
-    make_searcher,
-    make_space_fn,
-)
+from orchestrator.search import INFEASIBLE_PSNR, SearchPlan, make_searcher, sampler_settings
 from search_spaces.sampling import clamp_to_space
 from sr.budget import Budget, is_feasible, price
 from sr.compress import allocate_arch
@@ -79,34 +75,36 @@ QUICK = {"seeds": 2, "trials": 12}
 GRID = "C=8:32:8,L=1:2,B=2:8:2"
 
 
-# Variant options that change how the replay answers the searcher, not the sampler (see replay_search).
-REPLAY_OPTIONS = ("skip_infeasible", "dedupe")
+# Searcher options a variant may set (SearchPlan fields; the real search's defaults are both true).
+SEARCHER_OPTIONS = ("skip_infeasible", "dedupe")
+BASELINE = "random:skip_infeasible=False,dedupe=False"  # plain random search: its last-trial HV is the target
 
 
 @dataclass(frozen=True)
 class Variant:
-    """An algorithm, optional sampler keyword arguments that replace ``make_searcher``'s, and replay options:
-    ``skip_infeasible`` (an over-budget draw is answered at once and does not use up a trial) and ``dedupe``
-    (a configuration already trained is answered with its result and does not use up a trial)."""
+    """An algorithm, optional sampler keyword arguments that replace ``make_searcher``'s, and the searcher
+    options ``skip_infeasible`` / ``dedupe`` (None = the real search's default, on)."""
 
     algorithm: str
     kwargs: tuple[tuple[str, Any], ...] = ()
-    skip_infeasible: bool = False
-    dedupe: bool = False
+    skip_infeasible: bool | None = None
+    dedupe: bool | None = None
 
     @property
     def name(self) -> str:
-        opts = [f"{k}={v}" for k, v in self.kwargs] + [o for o in REPLAY_OPTIONS if getattr(self, o)]
+        opts = [f"{k}={v}" for k, v in self.kwargs]
+        opts += [f"{o}={getattr(self, o)}" for o in SEARCHER_OPTIONS if getattr(self, o) is not None]
         return f"{self.algorithm}:" + ",".join(opts) if opts else self.algorithm
 
-    @property
-    def plain(self) -> bool:
-        return not (self.kwargs or self.skip_infeasible or self.dedupe)
+    def plan(self, plan: SearchPlan) -> SearchPlan:
+        """``plan`` with this variant's algorithm and searcher options."""
+        opts = {o: getattr(self, o) for o in SEARCHER_OPTIONS if getattr(self, o) is not None}
+        return replace(plan, algorithm=self.algorithm, **opts)
 
 
 def parse_variant(text: str) -> Variant:
-    """``"nsga2"``, ``"nsga2:population_size=8"`` or ``"motpe:multivariate=true,skip_infeasible,dedupe"``
-    (values parsed as int, float, true/false, else text)."""
+    """``"nsga2"``, ``"nsga2:population_size=8"`` or ``"random:skip_infeasible=false,dedupe=false"``
+    (values parsed as int, float, true/false, else text; a bare ``skip_infeasible`` means true)."""
     algo, _, rest = text.partition(":")
     algo = algo.strip()
     if algo not in ALGORITHMS:
@@ -115,15 +113,15 @@ def parse_variant(text: str) -> Variant:
     for item in filter(None, (t.strip() for t in rest.split(","))):
         key, sep, value = item.partition("=")
         key = key.strip()
-        if key in REPLAY_OPTIONS:
-            flags[key] = _value(value.strip()) if sep else True
+        if key in SEARCHER_OPTIONS:
+            flags[key] = bool(_value(value.strip())) if sep else True
             continue
         if not sep or not key:
             raise ConfigError(
                 f"sampler option {item!r} in {text!r} is not KEY=VALUE; write e.g. nsga2:population_size=8"
             )
         kwargs.append((key, _value(value.strip())))
-    return Variant(algo, tuple(kwargs), **{k: bool(v) for k, v in flags.items()})
+    return Variant(algo, tuple(kwargs), **flags)
 
 
 def _value(text: str) -> Any:
@@ -245,41 +243,14 @@ def _key(C: Any, L: Any, B: Any, w_gt: Any) -> tuple[int, int, int, float]:
 
 
 # ---------------------------------------------------------------------------------------------------- replay
-def _sampler_defaults(algorithm: str, num_samples: int) -> dict[str, Any]:
-    # The settings orchestrator.search.make_searcher uses (tests/test_bench_smoke.py checks they agree); only
-    # variants with explicit keyword arguments are built here, the plain algorithms go through make_searcher.
-    if algorithm == "nsga2":
-        return {"population_size": max(4, num_samples // 3)}
-    if algorithm == "motpe":
-        return {"n_startup_trials": max(2, num_samples // 4)}
-    return {}
-
-
 def make_variant_searcher(plan: SearchPlan, variant: Variant):
-    """``make_searcher(plan)`` for a plain algorithm; for a variant, the same searcher with its sampler built from
-    ``make_searcher``'s settings updated by the variant's keyword arguments."""
-    import optuna
-
-    plan = replace(plan, algorithm=variant.algorithm)
-    if not variant.kwargs:
-        return make_searcher(plan)  # the real search's searcher, unchanged
-    cls = {
-        "nsga2": optuna.samplers.NSGAIISampler,
-        "motpe": optuna.samplers.TPESampler,
-        "random": optuna.samplers.RandomSampler,
-    }[variant.algorithm]
-    kwargs = {**_sampler_defaults(variant.algorithm, plan.num_samples), **dict(variant.kwargs)}
+    """The real search's searcher (``make_searcher``) for the variant's plan, its sampler keyword arguments over
+    ``sampler_settings``."""
+    plan = variant.plan(plan)
     try:
-        sampler = cls(seed=plan.seed, **kwargs)
+        return make_searcher(plan, dict(variant.kwargs))
     except TypeError as exc:
-        raise ConfigError(f"sampler options of {variant.name} are not accepted by {cls.__name__} ({exc})") from None
-    return BudgetedOptunaSearch(
-        space=make_space_fn(plan),
-        metric=[k for k, _ in plan.objectives],
-        mode=[m for _, m in plan.objectives],
-        sampler=sampler,
-        points_to_evaluate=[dict(plan.paper_point)] if plan.paper_point else None,
-    )
+        raise ConfigError(f"sampler options of {variant.name} are not accepted ({exc})") from None
 
 
 def replay_search(
@@ -288,40 +259,26 @@ def replay_search(
     rows: Mapping[tuple[int, int, int, float], Mapping[str, Any]],
     *,
     concurrency: int = 1,
-    max_redraws: int = 20,
 ) -> list[dict[str, Any]]:
     """One search of ``plan.num_samples`` trials answered from the table; returns the trials in completion order.
 
     Each trial: ``{"key", "feasible", "paper_rule", "psnr_y", "macs_720p", "params", "train_s", "draws"}``
     (psnr_y NaN and train_s 0 for an infeasible one, which is never trained; ``draws``: searcher suggestions
-    made up to this trial, counting the ones a ``skip_infeasible`` / ``dedupe`` variant answered without a
-    trial; after ``max_redraws`` such answers in a row the next draw is taken as a trial whatever it is).
+    made up to this trial, counting the ones the searcher answered itself).
     """
     searcher = make_variant_searcher(plan, variant)
     in_flight: list[tuple[str, dict[str, Any]]] = []
     done: list[dict[str, Any]] = []
-    results: dict[tuple[int, int, int, float], dict[str, Any]] = {}
-    n_drawn = redraws = 0
+    n_trials = 0
     while len(done) < plan.num_samples:
         while len(done) + len(in_flight) < plan.num_samples and len(in_flight) < concurrency:
-            tid = f"trial_{n_drawn:05d}"
-            n_drawn += 1
-            cfg = searcher.suggest(tid)
-            key = _key(cfg["C"], cfg["L"], cfg["B"], cfg["w_gt"])
-            skip = (variant.skip_infeasible and cfg["_infeasible"]) or (variant.dedupe and key in results)
-            if skip and redraws < max_redraws:
-                # Answered by the searcher itself: no trial starts, nothing is trained.
-                searcher.on_trial_complete(tid, result=_result(cfg, rows, key)[0])
-                redraws += 1
-                continue
-            redraws = 0
-            in_flight.append((tid, cfg))
+            tid = f"trial_{n_trials:05d}"
+            n_trials += 1
+            in_flight.append((tid, searcher.suggest(tid)))
         tid, cfg = in_flight.pop(0)
         key = _key(cfg["C"], cfg["L"], cfg["B"], cfg["w_gt"])
         result, trial = _result(cfg, rows, key)
         searcher.on_trial_complete(tid, result=result)
-        if trial["feasible"]:
-            results[key] = result
         price_d = cfg["_price"]
         done.append(
             {
@@ -330,7 +287,7 @@ def replay_search(
                 "paper_rule": bool(cfg["_paper_rule"]),
                 "macs_720p": price_d["macs_720p"],
                 "params": price_d["params"],
-                "draws": n_drawn,
+                "draws": n_trials + sum(searcher.answered.values()),
             }
         )
     return done
@@ -402,12 +359,6 @@ def _parse_args(argv: Sequence[str]) -> Any:
     p.add_argument("--max-params", default="60k", help="parameter budget (default 60k)")
     p.add_argument("--max-macs", default=None, help="720p MACs budget, e.g. 12G (default none)")
     p.add_argument("--concurrency", type=int, default=1, help="trials in flight at once (default 1)")
-    p.add_argument(
-        "--max-redraws",
-        type=int,
-        default=20,
-        help="skip_infeasible/dedupe variants: draws answered without a trial in a row before one is taken anyway",
-    )
     args = p.parse_args(argv)
     preset = QUICK if args.quick else FULL
     for key in ("seeds", "trials"):
@@ -417,8 +368,8 @@ def _parse_args(argv: Sequence[str]) -> Any:
         p.error("--seeds, --trials and --concurrency must be positive")
     args.variants = [parse_variant(a) for a in args.algorithms]
     args.grid = parse_grid(args.grid)
-    if not any(v.algorithm == "random" and v.plain for v in args.variants):
-        args.variants.insert(0, Variant("random"))  # the baseline defines the target
+    if not any(v.name == BASELINE for v in args.variants):
+        args.variants.insert(0, parse_variant(BASELINE))  # the baseline defines the target
     args.max_params = parse_size(args.max_params) if args.max_params not in (None, "none") else None
     args.max_macs = parse_size(args.max_macs) if args.max_macs not in (None, "none") else None
     return args
@@ -480,7 +431,7 @@ def run(args: Any) -> dict[str, Any]:
             runs = []
             for seed in range(args.seeds):
                 p = replace(plan, seed=seed, paper_point=seed_point if seeding == "paper_seed" else None)
-                runs.append(replay_search(p, variant, rows, concurrency=args.concurrency, max_redraws=args.max_redraws))
+                runs.append(replay_search(p, variant, rows, concurrency=args.concurrency))
             c = np.stack([hv_curve(r, scale) for r in runs])
             curves[variant.name][seeding] = c
             all_runs[variant.name][seeding] = runs
@@ -498,7 +449,7 @@ def run(args: Any) -> dict[str, Any]:
                 f"(trained {np.mean(trained):.1f}/{args.trials}; {time.perf_counter() - t0:.1f} s)"
             )
 
-    target = float(curves["random"]["no_seed"][:, -1].mean())
+    target = float(curves[BASELINE]["no_seed"][:, -1].mean())
     checkpoints = sorted({n for n in CHECKPOINTS if n <= args.trials} | {args.trials})
     results: dict[str, Any] = {}
     for name, by_seeding in curves.items():
@@ -522,7 +473,7 @@ def run(args: Any) -> dict[str, Any]:
                 **stats[name][seeding],
             }
     best_other = min(
-        (r["trials_to_target"] for n, by in results.items() if n != "random" for r in by.values()
+        (r["trials_to_target"] for n, by in results.items() if n != BASELINE for r in by.values()
          if r["trials_to_target"] is not None),
         default=None,
     )  # fmt: skip
@@ -541,9 +492,9 @@ def run(args: Any) -> dict[str, Any]:
         "concurrency": args.concurrency,
         "sampler_settings": {
             v.name: {
-                **_sampler_defaults(v.algorithm, args.trials),
+                **sampler_settings(v.plan(replace(plan, num_samples=args.trials))),
                 **dict(v.kwargs),
-                **{o: True for o in REPLAY_OPTIONS if getattr(v, o)},
+                **{o: getattr(v.plan(plan), o) for o in SEARCHER_OPTIONS},
             }
             for v in args.variants
         },

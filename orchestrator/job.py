@@ -35,6 +35,9 @@ _RAY_ENV = {
     "RAY_TRAIN_METRICS_ENABLED": "0",
     "RAY_DEDUP_LOGS": "1",
     "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
+    # Short in-trial runs checkpoint every few seconds; Tune then warns that it snapshots its state often (cheap
+    # here: a local folder).
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     "MLFLOW_DISABLE_TELEMETRY": "true",
 }
 
@@ -466,6 +469,10 @@ def plan_search(spec: Any, *, teacher: dict[str, Any], state: JobState, tracking
         max_failures=spec.failure.max_failures,
         tracking=tracking,
         scale=spec.data.scale,
+        population_size=spec.search.population_size,
+        skip_infeasible=spec.search.skip_infeasible,
+        dedupe=spec.search.dedupe,
+        trial_runner=spec.resources.trial_runner,
     )
 
 
@@ -657,6 +664,15 @@ def finish(spec: Any, plan: Any, tracker: Any, exp_id: str, parent: str, results
     df = query_trials(tracker, spec.experiment_name)
     if "parent_run_id" in df.columns:
         df = df[df["parent_run_id"] == parent]
+    if len(df) and "status" in df.columns:
+        # Every trial has ended once the Tuner returns: a run still "running" lost its trial (a driver killed
+        # before Tune snapshotted it; the resumed search drew it again under a new run). Record it as such.
+        from orchestrator.tracking import STATUS_TAG
+
+        for run_id in df.loc[df["status"] == "running", "run_id"]:
+            tracker.set_tags(run_id, {STATUS_TAG: "interrupted"})
+            tracker.end_run(run_id, "KILLED")
+        df = df.assign(status=df["status"].replace({"running": "interrupted"}))
     counts = df["status"].value_counts().to_dict() if len(df) else {}
     objectives = [f"{k}:{m}" for k, m in plan.objectives]
     front = pareto_models(df, objectives=",".join(objectives)) if len(df) else df

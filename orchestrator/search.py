@@ -1,16 +1,21 @@
-"""Ray Tune + Optuna multi-objective search; every feasible trial is a Ray Train KD run.
+"""Ray Tune + Optuna multi-objective search; every feasible trial is a KD run.
 
 Distributed structure:
   [T1] ``Tuner`` on the driver with an ``OptunaSearch`` (NSGA-II / MO-TPE / random) and optional ASHA.
-  [T2] ``run_trial``: a Tune function trainable per trial (holds one unit of the custom ``TRIAL_RESOURCE``, so
-       it takes no CPU from its workers). It prices the architecture, measures latency if budgeted, opens the
-       trial's MLflow child run and then...
-  [T3] ...fits a ``TorchTrainer(kd_worker)`` (``csd_worker`` for ``student.method: csd``) whose metrics reach
-       Tune through ``TuneReportCallback``.
+  [T2] ``run_trial``: a Tune function trainable per trial. It prices the architecture, measures latency if
+       budgeted, opens the trial's MLflow child run and then...
+  [T3] ...with one worker per trial (``resources.trial_runner: auto``) runs ``kd_worker`` (``csd_worker`` for
+       ``student.method: csd``) in its own process through ``workers.run_in_trial`` (it then holds the worker's
+       CPUs/GPU and Tune's ``FailureConfig`` restarts it from its checkpoint); otherwise it holds one unit of the
+       custom ``TRIAL_RESOURCE`` (no CPU) and fits a ``TorchTrainer`` whose metrics reach Tune through
+       ``TuneReportCallback``.
 Budgets: params/MACs are priced inside the define-by-run function and attached to the Optuna trial with
-``trial.set_constraint``; an infeasible configuration returns at once from ``run_trial`` (never trained) with a
-marker result. Latency is only known on the trial's device, so ``run_trial`` reports it and ``_BudgetedOptuna``
-attaches that constraint before telling Optuna.
+``trial.set_constraint``. With ``search.skip_infeasible`` (default) the searcher answers an over-budget draw itself
+(Optuna is told it is infeasible, an MLflow child run records it, and the same Tune trial draws again), so no
+trial slot is spent on it; otherwise the trial returns at once from ``run_trial`` (never trained) with a marker
+result. ``search.dedupe`` answers a draw identical to a trained trial with that trial's result. Latency is only
+known on the trial's device, so ``run_trial`` reports it and ``BudgetedOptunaSearch`` attaches that constraint
+before telling Optuna.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -61,6 +67,15 @@ class SearchPlan:
     max_failures: int = 1
     tracking: Mapping[str, Any] | None = None  # {"uri", "experiment_id", "parent_run_id"}
     scale: int = 2
+    population_size: int | None = None  # NSGA-II; None = max(4, num_samples // 3)
+    skip_infeasible: bool = True  # the searcher answers over-budget draws itself (no trial slot spent)
+    dedupe: bool = True  # the searcher answers a draw identical to a trained trial with its result
+    trial_runner: str = "auto"  # auto: one-worker trials train inside the Tune trial; trainer: always TorchTrainer
+
+    @property
+    def in_trial(self) -> bool:
+        """Whether a trial trains in its own process (one worker) instead of launching a TorchTrainer."""
+        return self.trial_runner == "auto" and self.workers_per_trial == 1
 
     @property
     def tune_dir(self) -> Path:
@@ -120,6 +135,9 @@ class SpaceFn:
             trial.set_constraint(name, value)
         return {
             **cfg,  # fixed dimensions are not captured by Optuna; the trial needs them too
+            # Optuna's trial number: the trial's identity in MLflow. A search resumed from a snapshot taken before
+            # this draw draws it again under a new Tune trial id but the same number, and so finds its run.
+            "_draw": trial.number,
             "_infeasible": any(v > 0 for v in cons.values()),
             "_paper_rule": _is_enqueued(trial),
             "_price": p.as_dict(),
@@ -136,27 +154,115 @@ def _is_enqueued(trial: Any) -> bool:
     return "fixed_params" in attrs
 
 
+MAX_REDRAWS = 20  # answered draws in a row before the next draw is taken as a trial whatever it is
+
+
+def _draw_key(cfg: Mapping[str, Any]) -> str:
+    """A sampled configuration without its bookkeeping entries, as a stable key for ``dedupe``."""
+    return json.dumps({k: v for k, v in cfg.items() if not k.startswith("_")}, sort_keys=True, default=str)
+
+
 class BudgetedOptunaSearch(OptunaSearch):
-    """OptunaSearch that attaches the latency constraint measured by the trial before Optuna is told the result."""
+    """OptunaSearch that (a) attaches the latency constraint measured by the trial before Optuna is told the
+    result, (b) with ``skip_infeasible`` answers over-budget draws itself and (c) with ``dedupe`` answers a draw
+    identical to a finished trial with that trial's result; (b) and (c) draw again for the same Tune trial, so
+    every trial slot trains a new feasible configuration (bench/search_replay.py measures the gain).
+
+    Its state (``__dict__``, answered draws included) is pickled into Tune's experiment checkpoint, so a resumed
+    search keeps it; answered draws are recorded under ids derived from Optuna's trial number, which a resumed
+    study hands out again, so a redrawn answer finds its MLflow run instead of duplicating it.
+    """
+
+    def __init__(self, *args: Any, plan: SearchPlan | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._plan = plan
+        self._skip_infeasible = bool(plan and plan.skip_infeasible)
+        self._dedupe = bool(plan and plan.dedupe)
+        self._draw_keys: dict[str, str] = {}  # Tune trial id -> draw key
+        self._done: dict[str, list[float]] = {}  # draw key -> objective values of a finished, trained trial
+        self.answered = {"infeasible": 0, "duplicate": 0}
+
+    def suggest(self, trial_id: str) -> dict | None:
+        redraws = 0
+        while True:
+            with warnings.catch_warnings():
+                # Pricing a draw (a meta-device FLOP count) is meant to run here, before any training.
+                warnings.filterwarnings("ignore", message="Define-by-run function passed in the `space` argument")
+                cfg = super().suggest(trial_id)
+            if not isinstance(cfg, dict) or redraws >= MAX_REDRAWS or cfg.get("_paper_rule"):
+                if isinstance(cfg, dict):
+                    self._draw_keys[trial_id] = _draw_key(cfg)
+                break  # the paper-rule seed always runs as a trial, so it shows on the front
+            key = _draw_key(cfg)
+            if self._skip_infeasible and cfg.get("_infeasible"):
+                self._answer(trial_id, cfg, "infeasible", [INFEASIBLE_PSNR if m == "max" else 0.0 for m in self._mode])
+            elif self._dedupe and key in self._done:
+                self._answer(trial_id, cfg, "duplicate", self._done[key])
+            else:
+                self._draw_keys[trial_id] = key
+                break
+            redraws += 1
+        return cfg
+
+    def _answer(self, trial_id: str, cfg: dict[str, Any], reason: str, values: list[float]) -> None:
+        """Tell Optuna the draw's result without a trial, record it, and free the Tune trial id for a new draw."""
+        ot_trial = self._ot_trials.pop(trial_id)
+        if reason == "infeasible":
+            # The objective values of a never-trained config: its real cost, PSNR 0 (the constraint decides).
+            price_d = cfg.get("_price") or {}
+            values = [
+                float(price_d.get(k, 0.0)) if m == "min" else v
+                for k, m, v in zip(self._metric, self._mode, values, strict=True)
+            ]
+        self._ot_study.tell(ot_trial, values)
+        self.answered[reason] += 1
+        if self._plan is not None and self._plan.tracking:
+            from orchestrator import trial_tracking as tt
+
+            tt.record_answered_draw(
+                self._plan, f"draw_{ot_trial.number:05d}", cfg, reason=reason, answered=self.answered
+            )
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is not None and result and "constraint_latency_ms" in result:
             with contextlib.suppress(ValueError, TypeError):
                 ot_trial.set_constraint("latency_ms", float(result["constraint_latency_ms"]))
+        key = self._draw_keys.pop(trial_id, None)
+        if key is not None and result and not error and not result.get("infeasible"):
+            values = [result.get(m) for m in self._metric]
+            if all(finite(v) for v in values):
+                self._done[key] = [float(v) for v in values]
         super().on_trial_complete(trial_id, result=result, error=error)
 
 
-def make_searcher(plan: SearchPlan):
-    """[T1] OptunaSearch over the define-by-run space with the chosen multi-objective sampler."""
+def sampler_settings(plan: SearchPlan) -> dict[str, Any]:
+    """Keyword arguments of the Optuna sampler for ``plan.algorithm`` (besides the seed).
+
+    MO-TPE is multivariate (it models C, L, B and the KD weights jointly) with max(4, n/8) random start-up
+    trials: on the KD table replay this reaches random search's 48-trial hypervolume in 15-16 trials where
+    independent TPE with n/4 start-up trials needs 47 (BENCHMARKS.md, search_replay).
+    """
+    if plan.algorithm == "nsga2":
+        return {"population_size": plan.population_size or max(4, plan.num_samples // 3)}
+    if plan.algorithm == "motpe":
+        return {"multivariate": True, "n_startup_trials": max(4, plan.num_samples // 8)}
+    return {}
+
+
+def make_searcher(plan: SearchPlan, sampler_kwargs: Mapping[str, Any] | None = None):
+    """[T1] OptunaSearch over the define-by-run space with the chosen multi-objective sampler
+    (``sampler_kwargs`` override ``sampler_settings``; the search replay benchmark uses them)."""
     import optuna
 
-    samplers = {
-        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=plan.seed, population_size=max(4, plan.num_samples // 3)),
-        "motpe": lambda: optuna.samplers.TPESampler(seed=plan.seed, n_startup_trials=max(2, plan.num_samples // 4)),
-        "random": lambda: optuna.samplers.RandomSampler(seed=plan.seed),
-    }
-    sampler = samplers[plan.algorithm]()
+    cls = {
+        "nsga2": optuna.samplers.NSGAIISampler,
+        "motpe": optuna.samplers.TPESampler,
+        "random": optuna.samplers.RandomSampler,
+    }[plan.algorithm]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # multivariate TPE
+        sampler = cls(seed=plan.seed, **{**sampler_settings(plan), **dict(sampler_kwargs or {})})
     points = [dict(plan.paper_point)] if plan.paper_point else None
     return BudgetedOptunaSearch(
         space=make_space_fn(plan),
@@ -164,6 +270,7 @@ def make_searcher(plan: SearchPlan):
         mode=[m for _, m in plan.objectives],
         sampler=sampler,
         points_to_evaluate=points,
+        plan=plan,
     )
 
 
@@ -213,13 +320,14 @@ def _deploy(model: Any) -> Any:
 
 
 def run_trial(config: dict[str, Any], plan: SearchPlan) -> None:
-    """[T2] One search trial: budget checks, MLflow child run, then [T3] a TorchTrainer KD run."""
+    """[T2] One search trial: budget checks, MLflow child run, then [T3] its KD run (in this process with one
+    worker, else a TorchTrainer)."""
     import ray.tune
 
     from orchestrator import trial_tracking as tt
 
     ctx = ray.tune.get_context()
-    trial_id = ctx.get_trial_id()
+    trial_id = tt.trial_key(ctx.get_trial_id(), config)
     name = ctx.get_trial_name()
     done = tt.finished_trial_metrics(plan, trial_id)
     if done is not None:
@@ -246,24 +354,20 @@ def run_trial(config: dict[str, Any], plan: SearchPlan) -> None:
             return
 
     t0 = time.time()
-    result = _fit_kd_trainer(
-        plan,
-        config,
-        name=name,
-        knobs=knobs,
-        kd_params=kd_params,
-        run_id=run_id,
-        extra={
-            **price_d,
-            **extra,
-        },
+    worker_cfg, worker_fn = _worker_config(
+        plan, config, name=name, knobs=knobs, kd_params=kd_params, run_id=run_id, extra={**price_d, **extra}
     )
-    final = dict(result.metrics or {})
+    if plan.in_trial:
+        from orchestrator.workers import run_in_trial
+
+        final = run_in_trial(worker_fn, worker_cfg)
+    else:
+        final = dict(_fit_trainer(plan, worker_fn, worker_cfg, name=name).metrics or {})
     final["train_time_s"] = time.time() - t0
     tt.close_trial_run(plan, run_id, status="completed", metrics=final)
 
 
-def _fit_kd_trainer(
+def _worker_config(
     plan: SearchPlan,
     config: Mapping[str, Any],
     *,
@@ -272,13 +376,8 @@ def _fit_kd_trainer(
     kd_params: Mapping[str, Any],
     run_id: str | None,
     extra: Mapping[str, Any],
-):
-    """[T3] The trial's TorchTrainer (``kd_worker``, or ``csd_worker`` for CSD); its metrics stream to Tune
-    through TuneReportCallback."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
-
+) -> tuple[dict[str, Any], Any]:
+    """The per-worker config of a trial and its worker function (``kd_worker``, or ``csd_worker`` for CSD)."""
     from orchestrator.csd_worker import csd_worker
     from orchestrator.workers import kd_worker
 
@@ -294,6 +393,16 @@ def _fit_kd_trainer(
     worker_cfg["static_metrics"] = dict(extra)
     if plan.tracking and run_id:
         worker_cfg["tracking"] = {"uri": plan.tracking["uri"], "run_id": run_id}
+    return worker_cfg, worker_fn
+
+
+def _fit_trainer(plan: SearchPlan, worker_fn: Any, worker_cfg: dict[str, Any], *, name: str):
+    """[T3] The trial's TorchTrainer (multi-worker trials, or ``trial_runner: trainer``); its metrics stream to
+    Tune through TuneReportCallback."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
     scaling = ScalingConfig(
         num_workers=plan.workers_per_trial,
         use_gpu=plan.use_gpu,
@@ -316,6 +425,14 @@ def _fit_kd_trainer(
 
 
 # ----------------------------------------------------------------------------------------------- the tuner
+def trial_resources(plan: SearchPlan) -> dict[str, float]:
+    """What one Tune trial holds: the worker's CPUs/GPU when it trains itself, else only ``TRIAL_RESOURCE``
+    (its TorchTrainer's workers hold the CPUs/GPUs)."""
+    if plan.in_trial:
+        return {"CPU": plan.cpus_per_worker, **({"GPU": plan.gpus_per_worker} if plan.use_gpu else {})}
+    return {TRIAL_RESOURCE: 1}
+
+
 def max_concurrent(plan: SearchPlan, cluster: Mapping[str, float]) -> int:
     """Trials that fit at once: the cluster's CPUs (and GPUs) over one trial's workers, at least 1."""
     if plan.max_concurrent_trials:
@@ -333,7 +450,7 @@ def make_tuner(plan: SearchPlan, *, callbacks: list | None = None, resume: bool 
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), {TRIAL_RESOURCE: 1})
+    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), trial_resources(plan))
     tune_dir = plan.tune_dir
     exp_dir = tune_dir / plan.name
     if resume and tune.Tuner.can_restore(str(exp_dir)):
@@ -356,11 +473,20 @@ def make_tuner(plan: SearchPlan, *, callbacks: list | None = None, resume: bool 
             scheduler=scheduler,
             num_samples=plan.num_samples,
             max_concurrent_trials=concurrent,
+            # One-worker trials train in the trial actor: reusing it pays its start and imports once per job.
+            reuse_actors=plan.in_trial,
             trial_name_creator=lambda t: trial_name(t.config, plan, t.trial_id),
             trial_dirname_creator=lambda t: trial_name(t.config, plan, t.trial_id),
         ),
         run_config=tune.RunConfig(
-            name=plan.name, storage_path=str(tune_dir.resolve()), callbacks=callbacks or [], verbose=0
+            name=plan.name,
+            storage_path=str(tune_dir.resolve()),
+            callbacks=callbacks or [],
+            verbose=0,
+            # An in-trial run is restarted by Tune from its last checkpoint (a TorchTrainer restarts its own group).
+            failure_config=tune.FailureConfig(max_failures=plan.max_failures if plan.in_trial else 0),
+            # Keep every reported checkpoint's latest two (the worker resumes from the last).
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         ),
     )
     return tuner, False
@@ -384,6 +510,8 @@ __all__ = [
     "make_tuner",
     "max_concurrent",
     "run_trial",
+    "sampler_settings",
+    "trial_resources",
     "shared_channels",
     "student_knobs",
     "trial_name",

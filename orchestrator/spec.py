@@ -598,6 +598,11 @@ class ResourcesSpec(_Model):
     use_gpu: Annotated[Literal["auto"] | bool, BeforeValidator(_use_gpu)] = Field(
         "auto", description="auto: use GPUs when the cluster has them"
     )
+    trial_runner: Literal["auto", "trainer"] = Field(
+        "auto",
+        description="auto: a one-worker trial trains inside its Tune trial (no TorchTrainer start-up, ~12 s less "
+        "per trial); trainer: every trial launches a Ray Train TorchTrainer run",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ResourcesSpec:
@@ -620,12 +625,20 @@ class SchedulerSpec(_Model):
 class SearchSpec(_Model):
     """The multi-objective search (Ray Tune + Optuna)."""
 
-    algorithm: Literal["nsga2", "motpe", "random"] = Field("nsga2", description="Optuna sampler")
+    algorithm: Literal["nsga2", "motpe", "random"] = Field(
+        "motpe", description="Optuna sampler: motpe (multivariate MO-TPE), nsga2 (NSGA-II) or random (a baseline)"
+    )
     num_samples: int = Field(32, ge=1, description="trials in all (the paper-rule seed included)")
     max_concurrent_trials: int | None = Field(
         None, ge=1, description="null = derived from the cluster's free resources"
     )
-    population_size: int | None = Field(None, ge=2, description="NSGA-II population; null = Optuna's default")
+    population_size: int | None = Field(None, ge=2, description="NSGA-II population; null = max(4, num_samples/3)")
+    skip_infeasible: bool = Field(
+        True,
+        description="the searcher answers over-budget draws itself (recorded as infeasible runs, never trained) "
+        "and draws again, so every trial trains a feasible model; false: they use up trials",
+    )
+    dedupe: bool = Field(True, description="answer a draw identical to a trained trial with its result, not a rerun")
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     enqueue_paper_rule: bool = Field(True, description="seed the search with the paper's C/L/B allocation")
     seed: int | None = Field(None, ge=0, description="sampler seed; null = the top-level seed")

@@ -97,6 +97,32 @@ def _is_transient(exc: Exception) -> bool:
     return any(s in text for s in ("database is locked", "connection", "max retries", "timed out", "503", "502"))
 
 
+_INITIALISED: set[str] = set()
+
+
+def _init_sqlite_store(client: Any, uri: str) -> None:
+    """Create/migrate a sqlite store's schema under an exclusive file lock, once per process.
+
+    MLflow creates and migrates the schema on a process's first call; two processes doing it at once on a new
+    database (the job's driver starting while ``srcompress pareto`` / ``ui`` or a worker opens the same file)
+    can break one of them mid-migration. The lock serialises that first call across processes."""
+    if not uri.startswith("sqlite:///") or uri in _INITIALISED:
+        return
+    import fcntl
+
+    db = Path(uri[len("sqlite:///") :])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".init.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _retry(
+            lambda: client.search_experiments(max_results=1),
+            what="open the tracking store",
+            uri=uri,
+            deadline_s=60.0,
+        )
+    _INITIALISED.add(uri)
+
+
 class Tracker:
     """A thin, retrying wrapper over ``MlflowClient`` for the calls srcompress makes."""
 
@@ -106,6 +132,7 @@ class Tracker:
         self.uri = uri
         self.deadline_s = deadline_s
         self.client = MlflowClient(tracking_uri=uri)
+        _init_sqlite_store(self.client, uri)
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         return _retry(fn, what=what, uri=self.uri, deadline_s=self.deadline_s)

@@ -22,6 +22,13 @@ def _tracker(plan: Any) -> Tracker | None:
     return Tracker(plan.tracking["uri"])
 
 
+def trial_key(tune_trial_id: str, config: Mapping[str, Any]) -> str:
+    """The id a trial's MLflow run is tagged with: ``draw_<Optuna trial number>`` (stable when a resumed search
+    draws a trial again after a driver kill), else Ray's trial id."""
+    draw = config.get("_draw")
+    return f"draw_{int(draw):05d}" if draw is not None else tune_trial_id
+
+
 def find_trial_run(tracker: Tracker, experiment_id: str, parent_run_id: str, trial_id: str):
     runs = tracker.find_runs(
         experiment_id, f"tags.`{TRIAL_ID_TAG}` = '{trial_id}' and tags.`mlflow.parentRunId` = '{parent_run_id}'"
@@ -45,7 +52,13 @@ def open_trial_run(
     exp, parent = plan.tracking["experiment_id"], plan.tracking["parent_run_id"]
     existing = find_trial_run(tracker, exp, parent, trial_id)
     if existing is not None:
-        return existing.info.run_id
+        logged = existing.data.params
+        if all(logged.get(k) in (None, str(v)) for k, v in knobs.items()):
+            return existing.info.run_id
+        # The same draw number with another configuration (a resumed search drew differently): retire the
+        # interrupted run so the key is free, and record this trial in a new one.
+        tracker.set_tags(existing.info.run_id, {STATUS_TAG: "interrupted", TRIAL_ID_TAG: f"{trial_id}_interrupted"})
+        tracker.end_run(existing.info.run_id, "KILLED")
     from sr.models import family_of
 
     run_id = tracker.start_run(
@@ -94,6 +107,37 @@ def close_trial_run(plan: Any, run_id: str | None, *, status: str, metrics: Mapp
     tracker.end_run(run_id, "FAILED" if status == "failed" else "FINISHED")
 
 
+ANSWERED_TAG = "srcompress.answered_by"
+
+
+def record_answered_draw(
+    plan: Any, draw_id: str, config: Mapping[str, Any], *, reason: str, answered: Mapping[str, int]
+) -> None:
+    """A draw the searcher answered itself (``skip_infeasible`` / ``dedupe``): an over-budget one gets a child run
+    with status ``infeasible`` (priced, never trained), so every sampled configuration stays visible; a duplicate
+    gets none (its twin is on record). Both are counted on the parent run (``draws_answered_*``)."""
+    from orchestrator.search import CSD_DIMS, KD_DIMS, student_knobs, trial_name
+
+    tracker = _tracker(plan)
+    if tracker is None:
+        return
+    exp, parent = plan.tracking["experiment_id"], plan.tracking["parent_run_id"]
+    if reason == "infeasible":
+        existing = find_trial_run(tracker, exp, parent, draw_id)
+        if existing is None or existing.data.tags.get(STATUS_TAG) not in TERMINAL:
+            kd = {k: config[k] for k in (*KD_DIMS, *CSD_DIMS) if k in config}
+            name = trial_name(config, plan, "") + draw_id.replace("_", "")  # edsr_C32L1B8_x2_kd_draw00012
+            run_id = open_trial_run(
+                plan, trial_id=draw_id, name=name, knobs=student_knobs(config, plan), kd=kd, config=config
+            )
+            tracker.set_tags(run_id, {ANSWERED_TAG: "searcher"})
+            close_trial_run(plan, run_id, status="infeasible", metrics=dict(config.get("_price") or {}))
+            print(
+                f"[srcompress] draw  {name[:34]:<34} infeasible    (over budget; answered by the searcher)", flush=True
+            )
+    tracker.log_metrics(parent, {f"draws_answered_{k}": v for k, v in answered.items()})
+
+
 def make_status_callback(plan: Any):
     """A Tune Callback on the driver that closes runs Tune ended itself (ASHA stop -> stopped-early, error ->
     failed), keeping the trial's last metrics, and prints one progress line per finished trial."""
@@ -113,7 +157,10 @@ def make_status_callback(plan: Any):
             tracker = _tracker(plan)
             if tracker is not None:
                 run = find_trial_run(
-                    tracker, plan.tracking["experiment_id"], plan.tracking["parent_run_id"], trial.trial_id
+                    tracker,
+                    plan.tracking["experiment_id"],
+                    plan.tracking["parent_run_id"],
+                    trial_key(trial.trial_id, trial.config),
                 )
                 if run is not None and run.data.tags.get(STATUS_TAG) not in TERMINAL:
                     close_trial_run(plan, run.info.run_id, status=status, metrics=result)

@@ -7,6 +7,11 @@ Both run on every rank (DDP via ``ray.train.torch.prepare_model``: gloo on CPU, 
 ``ray.train.report`` from every rank (Train V2 needs all ranks to report), and attach checkpoints on rank 0 only.
 A restarted worker group (``FailureConfig``) finds the last reported checkpoint through ``ray.train.get_checkpoint``
 and resumes from its step, not from step 0.
+
+``run_in_trial`` runs the same functions as the Tune trial's own single worker (no TorchTrainer): ``ray.tune``'s
+report/checkpoint calls replace ``ray.train``'s, and a trial restarted by Tune's ``FailureConfig`` resumes from its
+last checkpoint the same way. A one-worker trial then skips the Train run's actors (controller, placement group,
+worker start-up: ~12 s per trial, bench/overhead.py).
 """
 
 from __future__ import annotations
@@ -23,6 +28,21 @@ import torch
 log = logging.getLogger(__name__)
 
 RESUMED_FROM_KEY = "resumed_from_step"
+
+# Set while ``run_in_trial`` runs a worker function inside a Tune trial: the helpers below then use ``ray.tune``.
+_IN_TRIAL: dict[str, Any] | None = None
+
+
+def run_in_trial(worker_fn: Any, config: dict[str, Any]) -> dict[str, Any]:
+    """Run a per-worker function (``kd_worker``, ``csd_worker``) as rank 0 of 1 inside the calling Tune trial;
+    returns the last metrics it reported."""
+    global _IN_TRIAL
+    _IN_TRIAL = {"last": {}}
+    try:
+        worker_fn(config)
+        return dict(_IN_TRIAL["last"])
+    finally:
+        _IN_TRIAL = None
 
 
 # ------------------------------------------------------------------------------------------------ shared bits
@@ -53,9 +73,14 @@ def val_pairs(data: dict[str, Any], scale: int) -> list:
 
 def _restore_checkpoint(local_root: Path) -> tuple[Path | None, int]:
     """Copy the last reported Ray checkpoint (if any) into ``local_root/step_*``; return it and its step."""
-    import ray.train
+    if _IN_TRIAL is not None:
+        import ray.tune
 
-    ckpt = ray.train.get_checkpoint()
+        ckpt = ray.tune.get_checkpoint()
+    else:
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
     if ckpt is None:
         return None, 0
     with ckpt.as_directory() as d:
@@ -71,6 +96,9 @@ def _reporter(
 ):
     """The ``report(metrics, checkpoint_dir)`` callback handed to the ``sr`` loops."""
     import ray.train
+    import ray.tune
+
+    in_trial = _IN_TRIAL
 
     tracker = None
     if rank == 0 and tracker_info and tracker_info.get("run_id"):
@@ -91,8 +119,13 @@ def _reporter(
         checkpoint = None
         if checkpoint_dir is not None and rank == 0:
             (Path(checkpoint_dir) / "ray_meta.json").write_text(json.dumps({"step": int(out.get("step", 0))}))
-            checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir)
-        ray.train.report(out, checkpoint=checkpoint)
+            kind = ray.tune.Checkpoint if in_trial is not None else ray.train.Checkpoint
+            checkpoint = kind.from_directory(checkpoint_dir)
+        if in_trial is not None:
+            in_trial["last"] = out
+            ray.tune.report(out, checkpoint=checkpoint)
+        else:
+            ray.train.report(out, checkpoint=checkpoint)
 
     return report
 
@@ -109,6 +142,9 @@ def _is_scalar(v: Any) -> bool:
 
 
 def _context() -> tuple[int, int, torch.device]:
+    if _IN_TRIAL is not None:
+        # Ray sets CUDA_VISIBLE_DEVICES to the trial's GPU when it holds one.
+        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
     import ray.train
     import ray.train.torch
 
@@ -120,7 +156,7 @@ def _prepare(model: torch.nn.Module, world: int) -> torch.nn.Module:
     import ray.train.torch
 
     # prepare_model moves to the worker's device and wraps in DDP when world > 1.
-    return ray.train.torch.prepare_model(model) if world > 1 else model.to(ray.train.torch.get_device())
+    return ray.train.torch.prepare_model(model) if world > 1 else model.to(_context()[2])
 
 
 # ---------------------------------------------------------------------------------------------------- [W2] KD
@@ -132,6 +168,9 @@ def kd_worker(config: dict[str, Any]) -> None:
     torch.set_num_threads(int(config.get("threads", 1)))
     rank, world, device = _context()
     kd = KDConfig(**config["kd"])
+    # The student's initial weights come from the global RNG: seed it so a trial is reproducible whatever ran
+    # before in this process (a reused trial actor, the benchmark's loop).
+    torch.manual_seed(kd.seed)
     student = _prepare(load_model(config["student"]), world)
     data = config["data"]
     teacher = None

@@ -166,7 +166,7 @@ def test_kd_step_json_row_and_macs(md):
 
 OVERHEAD_ARGS = [
     "--trials", "1", "--steps", "3", "--batch", "2", "--hr-patch", "32", "--teacher", "edsr_mini",
-    "--student-c", "8", "--student-b", "1", "--data", "builtin",
+    "--student-c", "8", "--student-b", "1", "--data", "builtin", "--no-trainer", "--job",
 ]  # fmt: skip
 
 
@@ -174,7 +174,7 @@ OVERHEAD_ARGS = [
 @pytest.mark.mlflow
 @pytest.mark.slow
 def test_overhead_json_row_and_timeline(md):
-    # A real local Ray, one Tune -> TorchTrainer -> MLflow trial and one plain run: ~40 s on 2 idle CPUs.
+    # A real local Ray, one Tune -> MLflow trial (trained in the trial), one plain run and a one-trial search.
     out = _run_bench("overhead", OVERHEAD_ARGS, md)
     assert out["trials"] == 1 and out["steps_per_trial"] == 3 and out["reports_per_trial"] == 3
     assert out["data"] == "scikit-image sample images" and out["teacher"] == "edsr_mini x2 (random weights)"
@@ -195,6 +195,12 @@ def test_overhead_json_row_and_timeline(md):
     assert out["fraction_at_2min"] == pytest.approx(overhead / 120, abs=1e-3)
     assert out["goal_met"] == (out["fraction_at_2min"] <= 0.05)
     assert set(out["breakdown_s"]) == {"before_first_step", "in_loop", "after_last_report", "report_delivery_median"}
+    assert "trainer_wall_s" not in out  # --no-trainer
+    assert out["job_wall_s"] >= out["job_train_s"] > 0
+    plain_non_train = plain["wall_s"] - plain["train_s"]
+    assert out["job_overhead_s_per_trial"] == pytest.approx(
+        out["job_wall_s"] - out["job_train_s"] - plain_non_train, abs=0.02
+    )
     rows = _rows(md, "overhead")
     assert len(rows) == 1 and f"`{out['command']}`" in rows[0]
 
@@ -225,18 +231,23 @@ def test_search_replay_json_row_and_curves(kd_table, md):
     assert 0 < out["feasible_configs"] < out["table_rows"]
     assert {k: out["paper_point"][k] for k in ("C", "L", "B", "w_gt")} == {"C": 16, "L": 1, "B": 8, "w_gt": 0.1}
     assert out["paper_point_feasible"]
-    # make_searcher's settings at 12 trials: NSGA-II population max(4, 12 // 3), TPE startup max(2, 12 // 4).
-    assert out["sampler_settings"]["nsga2"] == {"population_size": 4}
-    assert out["sampler_settings"]["motpe"] == {"n_startup_trials": 3}
+    # make_searcher's settings at 12 trials: NSGA-II population max(4, 12 // 3), multivariate TPE with
+    # max(4, 12 // 8) start-up trials; the real search's searcher answers infeasible and repeated draws.
+    both = {"skip_infeasible": True, "dedupe": True}
+    assert out["sampler_settings"]["nsga2"] == {"population_size": 4, **both}
+    assert out["sampler_settings"]["motpe"] == {"multivariate": True, "n_startup_trials": 4, **both}
+    base = "random:skip_infeasible=False,dedupe=False"  # plain random search: the target
+    assert out["sampler_settings"][base] == {"skip_infeasible": False, "dedupe": False}
     assert 0 < out["table_front_hv"] < 1
-    for algo in ("random", "nsga2", "motpe"):
+    for algo in (base, "random", "nsga2", "motpe"):
         for seeding in ("no_seed", "paper_seed"):
             r = out["results"][algo][seeding]
             hv = r["hv_mean"]
             print(f"{algo}/{seeding}: HV {hv}, target at {r['trials_to_target']}, trained {r['trained_mean']}")
             assert set(hv) == {"8", "12"} and 0 <= hv["8"] <= hv["12"] <= out["table_front_hv"] + 1e-9
             assert 0 < r["trained_mean"] <= 12 and r["distinct_trained_mean"] <= r["trained_mean"]
-    assert out["results"]["random"]["no_seed"]["hv_mean"]["12"] == pytest.approx(out["target_hv"], abs=1e-4)
+    assert out["results"][base]["no_seed"]["hv_mean"]["12"] == pytest.approx(out["target_hv"], abs=1e-4)
+    assert out["results"]["random"]["no_seed"]["trained_mean"] == 12  # skip_infeasible: every trial trains
     rows = _rows(md, "search_replay")
     assert len(rows) == 1 and "python -m bench.search_replay --quick --seeds 2 --trials 12" in rows[0]
 
@@ -260,7 +271,9 @@ def test_search_replay_trials_follow_the_real_search(kd_table):
         name="t", storage="unused", student_arch="edsr_mini", space=space, budget=Budget(max_params=60_000),
         objectives=sr_mod.OBJECTIVES, num_samples=12, seed=3, paper_point=sr_mod.paper_point(space),
     )  # fmt: skip
-    trials = sr_mod.replay_search(plan, sr_mod.Variant("random"), rows)
+    plain = sr_mod.parse_variant("random:skip_infeasible=false,dedupe=false")
+    assert plain.name == sr_mod.BASELINE
+    trials = sr_mod.replay_search(plan, plain, rows)
     assert len(trials) == 12
     first = trials[0]  # the enqueued paper rule comes first and is feasible
     assert first["paper_rule"] and first["key"] == (16, 1, 8, 0.1) and first["feasible"]
@@ -277,13 +290,15 @@ def test_search_replay_trials_follow_the_real_search(kd_table):
     for n in (12, 48):
         nsga = make_searcher(replace(plan, algorithm="nsga2", num_samples=n))._sampler
         tpe = make_searcher(replace(plan, algorithm="motpe", num_samples=n))._sampler
-        assert nsga.population_size == sr_mod._sampler_defaults("nsga2", n)["population_size"]
-        assert tpe._n_startup_trials == sr_mod._sampler_defaults("motpe", n)["n_startup_trials"]
+        assert nsga.population_size == max(4, n // 3)
+        assert tpe._n_startup_trials == max(4, n // 8) and tpe._multivariate
+    assert make_searcher(replace(plan, algorithm="nsga2", population_size=10))._sampler.population_size == 10
     variant = sr_mod.parse_variant("nsga2:population_size=6")
     assert sr_mod.make_variant_searcher(plan, variant)._sampler.population_size == 6
-    # A searcher that answers over-budget and repeated draws itself: every trial is a new, trained configuration.
-    variant = sr_mod.parse_variant("random:skip_infeasible,dedupe")
-    assert variant.skip_infeasible and variant.dedupe and not variant.kwargs
+    # The real search's default: the searcher answers over-budget and repeated draws itself, so every trial is a
+    # new, trained configuration.
+    variant = sr_mod.parse_variant("random")
+    assert variant.skip_infeasible is None and variant.plan(plan).skip_infeasible and variant.plan(plan).dedupe
     trials = sr_mod.replay_search(replace(plan, paper_point=None), variant, rows)
     assert all(t["feasible"] for t in trials) and len({t["key"] for t in trials}) == 12
     assert trials[-1]["draws"] > 12  # some draws were answered without a trial

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -25,7 +26,8 @@ def _trials(storage: Path, name: str = "tiny"):
 
 
 def test_no_infeasible_architecture_is_trained(ray_local, tiny_job, tmp_path):
-    """Acceptance 7: count trainings vs sampled configs; every infeasible config stays untrained."""
+    """Acceptance 7 (search.skip_infeasible: false, TorchTrainer trials): count trainings vs sampled configs;
+    every infeasible config is a trial that stays untrained."""
     from orchestrator.job import run_job
     from sr.budget import price
 
@@ -36,6 +38,8 @@ def test_no_infeasible_architecture_is_trained(ray_local, tiny_job, tmp_path):
             "student.space": {"C": {"low": 8, "high": 24, "step": 8}, "L": 1, "B": {"low": 1, "high": 3}},
             "search.num_samples": 5,
             "search.enqueue_paper_rule": False,
+            "search.skip_infeasible": False,
+            "resources.trial_runner": "trainer",
         }
     )
     summary = run_job(spec)
@@ -53,19 +57,66 @@ def test_no_infeasible_architecture_is_trained(ray_local, tiny_job, tmp_path):
         assert (p > budget) == (r["status"] == "infeasible")
 
 
-def _kill_train_worker_after(ckpt_root: Path, min_checkpoints: int, killed: list[int], timeout_s: float = 120) -> None:
+def test_searcher_answers_infeasible_draws_and_every_trial_trains(ray_local, tiny_job, tmp_path):
+    """The default (skip_infeasible, in-trial training): over-budget draws are answered by the searcher and
+    recorded as infeasible runs that were never trained; all num_samples trials train feasible students."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.job import run_job
+    from orchestrator.trial_tracking import ANSWERED_TAG
+    from sr.budget import price
+
+    budget = 30_000
+    spec = tiny_job(
+        **{
+            "budgets.max_params": budget,
+            "student.space": {"C": {"low": 8, "high": 24, "step": 8}, "L": 1, "B": {"low": 1, "high": 3}},
+            "search.num_samples": 4,
+            "search.enqueue_paper_rule": False,
+        }
+    )
+    summary = run_job(spec)
+    df = summary["trials"]
+    trained, infeasible = df[df["status"] == "completed"], df[df["status"] == "infeasible"]
+    print(f"trained {len(trained)}, answered infeasible {len(infeasible)}, statuses {summary['counts']}")
+    assert len(trained) == 4 and summary["ray_trials"] == 4  # no trial slot went to an infeasible draw
+    assert len(infeasible) >= 1  # C=24 with B>=2 is over budget: random search draws some
+    assert not (tmp_path / "runs" / "tiny" / "train").exists()  # one worker: trained inside the Tune trial
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    for _, r in df.iterrows():
+        p = price("edsr_mini", C=int(r["C"]), L=1, B=int(r["B"]), scale=2).params
+        assert int(r["params"]) == p and (p > budget) == (r["status"] == "infeasible")
+        run = client.get_run(r["run_id"])
+        if r["status"] == "infeasible":
+            assert run.data.tags.get(ANSWERED_TAG) == "searcher"
+            assert "val_psnr_y" not in run.data.metrics  # never trained
+            assert not client.list_artifacts(r["run_id"])
+        else:
+            assert run.data.metrics["step"] == 20
+    parent = client.get_run(df["parent_run_id"].iloc[0])
+    assert parent.data.metrics["draws_answered_infeasible"] == len(infeasible)
+
+
+def _kill_after_checkpoints(
+    ckpt_glob: str, root: Path, min_checkpoints: int, killed: list[int], match: str, timeout_s: float = 120
+) -> None:
+    """SIGKILL every process whose command line holds ``match`` once ``min_checkpoints`` exist under ``root``."""
     end = time.time() + timeout_s
     while time.time() < end:
-        ckpts = list(ckpt_root.glob("*/checkpoint_*")) if ckpt_root.exists() else []
+        ckpts = list(root.glob(ckpt_glob)) if root.exists() else []
         if len(ckpts) >= min_checkpoints:
             for proc in psutil.process_iter(["pid", "cmdline"]):
                 cmd = " ".join(proc.info["cmdline"] or [])
-                if "RayTrainWorker" in cmd and "TrainController" not in cmd:
+                if match in cmd and "TrainController" not in cmd:
                     os.kill(proc.info["pid"], signal.SIGKILL)
                     killed.append(proc.info["pid"])
             if killed:
                 return
         time.sleep(0.2)
+
+
+def _kill_train_worker_after(ckpt_root: Path, min_checkpoints: int, killed: list[int]) -> None:
+    _kill_after_checkpoints("*/checkpoint_*", ckpt_root, min_checkpoints, killed, "RayTrainWorker")
 
 
 def test_killed_worker_resumes_from_checkpoint(ray_local, tiny_job, tmp_path):
@@ -83,6 +134,7 @@ def test_killed_worker_resumes_from_checkpoint(ray_local, tiny_job, tmp_path):
             "training.log_every": 20,
             "training.ckpt_every": 20,
             "failure.max_failures": 2,
+            "resources.trial_runner": "trainer",
         }
     )
     killed: list[int] = []
@@ -101,10 +153,16 @@ def test_killed_worker_resumes_from_checkpoint(ray_local, tiny_job, tmp_path):
     assert row["run_name"].startswith("edsr_C8L1B2_x2")  # fixed dimensions of the space reach the trial
 
 
-def _wait_for_finished_trials(storage: Path, n: int, proc: subprocess.Popen, timeout_s: float = 300) -> None:
+def _wait_for_finished_trials(
+    storage: Path, n: int, proc: subprocess.Popen, log_path: Path, timeout_s: float = 300
+) -> None:
     end = time.time() + timeout_s
     while time.time() < end:
-        assert proc.poll() is None, "the driver ended before it could be killed"
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"the driver ended (exit {proc.returncode}) before it could be killed; its log ends:\n"
+                + log_path.read_text()[-3000:]
+            )
         if (storage / "mlflow.db").exists():
             try:
                 df = _trials(storage)
@@ -127,9 +185,10 @@ def test_driver_killed_then_resume_runs_each_trial_once(tiny_job, tmp_path):
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
-            _wait_for_finished_trials(storage, 2, proc)
+            _wait_for_finished_trials(storage, 2, proc, tmp_path / "first.log")
         finally:
-            os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
             proc.wait()
     first = _trials(storage)
     print(f"before resume: {len(first)} trial runs, statuses {first['status'].value_counts().to_dict()}")
@@ -145,3 +204,39 @@ def test_driver_killed_then_resume_runs_each_trial_once(tiny_job, tmp_path):
     assert finished_before <= set(df["run_id"])
     state = json.loads((storage / "tiny" / "job_state.json").read_text())
     assert state["parent_run_id"] == df["parent_run_id"].iloc[0]
+
+
+def test_killed_trial_process_resumes_from_checkpoint(ray_local, tiny_job, tmp_path):
+    """The in-trial runner (one worker, the default): the Tune trial's process is SIGKILLed mid-training; Tune's
+    FailureConfig restarts the trial, which resumes from its last checkpoint and finishes in the same MLflow run."""
+    from orchestrator.job import run_job
+
+    spec = tiny_job(
+        **{
+            "search.num_samples": 1,
+            "search.enqueue_paper_rule": False,
+            "student.space": {"C": 8, "L": 1, "B": 2},
+            "training.steps": 300,
+            "training.val_every": 20,
+            "training.log_every": 20,
+            "training.ckpt_every": 20,
+            "failure.max_failures": 2,
+        }
+    )
+    killed: list[int] = []
+    killer = threading.Thread(
+        target=_kill_after_checkpoints,
+        args=("*/*/checkpoint_*", tmp_path / "runs" / "tiny" / "tune", 2, killed, "ImplicitFunc"),
+        daemon=True,
+    )
+    killer.start()
+    summary = run_job(spec)
+    killer.join(timeout=1)
+    assert killed, "the test never found a trial process to kill"
+    df = summary["trials"]
+    assert len(df) == 1  # the restarted trial reused its run
+    row = df.iloc[0]
+    print(f"killed trial pids {killed}; trial {row['run_name']} resumed_from_step={row['resumed_from_step']}")
+    assert row["status"] == "completed"
+    assert row["resumed_from_step"] > 0
+    assert int(row["step"]) == 300
