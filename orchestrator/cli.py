@@ -285,7 +285,9 @@ def print_summary(summary: dict[str, Any]) -> None:
     print(
         f"[srcompress] done in {summary.get('seconds', 0):.0f}s: {trained} trained "
         f"({counts.get('completed', 0)} completed, {counts.get('stopped-early', 0)} stopped early), "
-        f"{counts.get('infeasible', 0)} infeasible skipped (0 trained), {counts.get('failed', 0)} failed; "
+        f"{counts.get('infeasible', 0)} infeasible skipped (0 trained"
+        + (f"; {summary['answered']} answered by the searcher" if summary.get("answered") else "")
+        + f"), {counts.get('failed', 0)} failed; "
         f"density {summary.get('density')}, paper rule {summary.get('allocation')}"
     )
     trials = summary.get("trials")

@@ -685,4 +685,7 @@ def finish(spec: Any, plan: Any, tracker: Any, exp_id: str, parent: str, results
         uris = {r["run_id"]: r.get("model_uri") for r in registered}
         front = front.assign(model_uri=[uris.get(i) for i in front["run_id"]])
     tracker.log_metrics(parent, {f"trials_{k.replace('-', '_')}": v for k, v in counts.items()})
-    return {"counts": counts, "front": front, "trials": df, "ray_trials": len(results)}
+    # Over-budget draws the searcher answered itself are MLflow runs but not Ray trials.
+    ray_infeasible = sum(1 for r in results if (getattr(r, "metrics", None) or {}).get("infeasible"))
+    answered = max(0, int(counts.get("infeasible", 0)) - ray_infeasible)
+    return {"counts": counts, "front": front, "trials": df, "ray_trials": len(results), "answered": answered}

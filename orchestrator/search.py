@@ -181,6 +181,7 @@ class BudgetedOptunaSearch(OptunaSearch):
         self._draw_keys: dict[str, str] = {}  # Tune trial id -> draw key
         self._done: dict[str, list[float]] = {}  # draw key -> objective values of a finished, trained trial
         self.answered = {"infeasible": 0, "duplicate": 0}
+        self._recorded: set[str] = set()  # infeasible configurations already recorded as MLflow runs
 
     def suggest(self, trial_id: str) -> dict | None:
         redraws = 0
@@ -216,12 +217,17 @@ class BudgetedOptunaSearch(OptunaSearch):
             ]
         self._ot_study.tell(ot_trial, values)
         self.answered[reason] += 1
+        key = _draw_key(cfg)
+        # One infeasible run per distinct configuration (a sampler may draw the same one many times); all counted.
+        first = reason == "infeasible" and key not in self._recorded
+        self._recorded.add(key)
         if self._plan is not None and self._plan.tracking:
             from orchestrator import trial_tracking as tt
 
             tt.record_answered_draw(
-                self._plan, f"draw_{ot_trial.number:05d}", cfg, reason=reason, answered=self.answered
-            )
+                self._plan, f"draw_{ot_trial.number:05d}", cfg, reason=reason if first else "repeat",
+                answered=self.answered,
+            )  # fmt: skip
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         ot_trial = self._ot_trials.get(trial_id)

@@ -115,7 +115,8 @@ def record_answered_draw(
 ) -> None:
     """A draw the searcher answered itself (``skip_infeasible`` / ``dedupe``): an over-budget one gets a child run
     with status ``infeasible`` (priced, never trained), so every sampled configuration stays visible; a duplicate
-    gets none (its twin is on record). Both are counted on the parent run (``draws_answered_*``)."""
+    or a repeated infeasible draw (``reason="repeat"``) gets none (its twin is on record). All are counted on the
+    parent run (``draws_answered_*``)."""
     from orchestrator.search import CSD_DIMS, KD_DIMS, student_knobs, trial_name
 
     tracker = _tracker(plan)
