@@ -335,7 +335,7 @@ def run_trial(config: dict[str, Any], plan: SearchPlan) -> None:
     ctx = ray.tune.get_context()
     trial_id = tt.trial_key(ctx.get_trial_id(), config)
     name = ctx.get_trial_name()
-    done = tt.finished_trial_metrics(plan, trial_id)
+    done = tt.finished_trial_metrics(plan, trial_id, student_knobs(config, plan))
     if done is not None:
         # Restored after a driver restart but already finished: report its recorded result, train nothing.
         ray.tune.report(_marker_result(plan, {}, **done) if done.get("infeasible") else done)

@@ -504,6 +504,12 @@ class DataSpec(_Model):
                 raise _KeyedError("patch_boundaries", f"{bounds} must be positive and increasing; fix them")
         elif self.patch_boundaries:
             raise _KeyedError("patch_boundaries", "only used with patch_sizes; drop it or give patch_sizes")
+        if self.cache.enabled and self.patch_sizes is not None and len(set(self.patch_sizes)) > 1:
+            raise _KeyedError(
+                "cache.enabled",
+                "the teacher-output cache holds patches of one size, but patch_sizes is a curriculum; set "
+                "data.cache.enabled: false, or train on one hr_patch",
+            )
         return self
 
     def patch_at(self, step: int) -> int:

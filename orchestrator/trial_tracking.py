@@ -52,13 +52,15 @@ def open_trial_run(
     exp, parent = plan.tracking["experiment_id"], plan.tracking["parent_run_id"]
     existing = find_trial_run(tracker, exp, parent, trial_id)
     if existing is not None:
-        logged = existing.data.params
-        if all(logged.get(k) in (None, str(v)) for k, v in knobs.items()):
+        if _same_knobs(existing, knobs):
             return existing.info.run_id
-        # The same draw number with another configuration (a resumed search drew differently): retire the
-        # interrupted run so the key is free, and record this trial in a new one.
-        tracker.set_tags(existing.info.run_id, {STATUS_TAG: "interrupted", TRIAL_ID_TAG: f"{trial_id}_interrupted"})
-        tracker.end_run(existing.info.run_id, "KILLED")
+        # The same draw number with another configuration (a resumed search drew differently): free the key;
+        # a finished run keeps its status and metrics, an unfinished one is recorded as interrupted.
+        tags = {TRIAL_ID_TAG: f"{trial_id}_superseded_{existing.info.run_id[:8]}"}
+        if existing.data.tags.get(STATUS_TAG) not in TERMINAL:
+            tags[STATUS_TAG] = "interrupted"
+            tracker.end_run(existing.info.run_id, "KILLED")
+        tracker.set_tags(existing.info.run_id, tags)
     from sr.models import family_of
 
     run_id = tracker.start_run(
@@ -80,13 +82,21 @@ def open_trial_run(
     return run_id
 
 
-def finished_trial_metrics(plan: Any, trial_id: str) -> dict[str, Any] | None:
-    """Final metrics of a trial whose MLflow run already ended (a driver resumed after it finished), else None."""
+def _same_knobs(run: Any, knobs: Mapping[str, Any]) -> bool:
+    """Whether a run's logged architecture params are ``knobs`` (MLflow keeps params as text)."""
+    return all(run.data.params.get(k) in (None, str(v)) for k, v in knobs.items())
+
+
+def finished_trial_metrics(plan: Any, trial_id: str, knobs: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """Final metrics of a trial whose MLflow run already ended (a driver resumed after it finished), else None
+    (also when that run is of another architecture than ``knobs``)."""
     tracker = _tracker(plan)
     if tracker is None:
         return None
     run = find_trial_run(tracker, plan.tracking["experiment_id"], plan.tracking["parent_run_id"], trial_id)
     if run is None or run.data.tags.get(STATUS_TAG) not in TERMINAL:
+        return None
+    if knobs is not None and not _same_knobs(run, knobs):
         return None
     status = run.data.tags[STATUS_TAG]
     return {**run.data.metrics, "infeasible": int(status == "infeasible"), "done_training": int(status == "completed")}

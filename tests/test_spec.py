@@ -391,3 +391,11 @@ def test_patch_schedule() -> None:
     assert [spec.data.patch_at(s) for s in (0, 49, 50, 99)] == [64, 64, 160, 160]
     with pytest.raises(SpecError, match="patch_boundaries"):
         parse_job_spec(BASE + "data: {patch_sizes: [64, 160]}\n")
+
+
+def test_teacher_cache_rejects_a_patch_curriculum() -> None:
+    # The cache holds patches of one size; a curriculum with it would fail inside every trial's worker.
+    text = BASE + "data: {patch_sizes: [64, 160], patch_boundaries: [50], cache: {enabled: true}}\n"
+    with pytest.raises(SpecError, match=r"data\.cache\.enabled: .*patch_sizes is a curriculum"):
+        parse_job_spec(text)
+    assert parse_job_spec(BASE + "data: {hr_patch: 64, cache: {enabled: true}}\n").data.cache.enabled
