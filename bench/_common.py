@@ -15,7 +15,7 @@ import os
 import platform
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +131,38 @@ def emit(
         cells = [date, f"`{command}`", machine_summary(record_dict["machine"]), summary or _auto_summary(figures)]
         record_row(Path(md_path), name=name, cells=cells)
     return record_dict
+
+
+def bench_main(
+    name: str,
+    argv: Sequence[str] | None,
+    parse_args: Callable[[list[str]], Any],
+    run: Callable[[Any], dict[str, Any]],
+    summary: Callable[[dict[str, Any]], str],
+    *,
+    command: Callable[[list[str]], str] | None = None,
+) -> dict[str, Any]:
+    """A benchmark's ``main``: parse ``argv`` (default: the command line), run, then ``emit`` the figures.
+
+    A ``UserError`` (a missing table, a bad option value) ends it with one line and exit code 1. ``command``
+    gives the recorded command (default ``command_for(name, argv)``).
+    """
+    from sr.errors import UserError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parse_args(argv)
+        figures = run(args)
+    except UserError as exc:
+        sys.exit(f"error: {exc}")
+    return emit(
+        figures,
+        name=name,
+        command=(command or (lambda a: command_for(name, a)))(argv),
+        record=not args.no_record,
+        md_path=args.benchmarks_md,
+        summary=summary(figures),
+    )
 
 
 def _auto_summary(figures: dict[str, Any]) -> str:

@@ -42,9 +42,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from bench._common import REPO, command_for, emit, log, make_parser
+from bench._common import REPO, bench_main, command_for, log, make_parser
 from sr.budget import price
-from sr.errors import ConfigError, UserError
+from sr.errors import ConfigError
 
 NAME = "build_kd_table"
 SCALE = 2
@@ -361,19 +361,7 @@ def _summary(fig: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = _parse_args(argv)
-    try:
-        figures = run(args, argv)
-    except UserError as exc:
-        sys.exit(f"error: {exc}")  # one line, exit code 1
-    return emit(
-        figures,
-        name=NAME,
-        command=_recorded_command(argv),
-        record=not args.no_record,
-        md_path=args.benchmarks_md,
-        summary=_summary(figures),
-    )
+    return bench_main(NAME, argv, _parse_args, lambda args: run(args, argv), _summary, command=_recorded_command)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,6 @@ import copy
 import dataclasses
 import math
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -50,7 +49,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from bench._common import REPO, command_for, emit, log, make_parser
+from bench._common import REPO, bench_main, log, make_parser
 from sr.checkpoint import load_weights
 from sr.complexity import count_params
 from sr.data import PatchDataset, load_eval_pairs
@@ -374,17 +373,7 @@ def _summary(fig: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = _parse_args(argv)
-    figures = run(args)
-    return emit(
-        figures,
-        name=NAME,
-        command=command_for(NAME, argv),
-        record=not args.no_record,
-        md_path=args.benchmarks_md,
-        summary=_summary(figures),
-    )
+    return bench_main(NAME, argv, _parse_args, run, _summary)
 
 
 if __name__ == "__main__":

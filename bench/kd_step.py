@@ -31,7 +31,6 @@ import dataclasses
 import math
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -42,7 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench._common import REPO, command_for, emit, log, make_parser
+from bench._common import REPO, bench_main, log, make_parser
 from sr.complexity import count_macs, count_params
 from sr.data import PatchDataset, default_train_sources
 from sr.distill import KDConfig, fit_kd
@@ -392,17 +391,7 @@ def _summary(fig: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = _parse_args(argv)
-    figures = run(args)
-    return emit(
-        figures,
-        name=NAME,
-        command=command_for(NAME, argv),
-        record=not args.no_record,
-        md_path=args.benchmarks_md,
-        summary=_summary(figures),
-    )
+    return bench_main(NAME, argv, _parse_args, run, _summary)
 
 
 if __name__ == "__main__":

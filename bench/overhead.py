@@ -52,7 +52,7 @@ from typing import Any
 
 import torch
 
-from bench._common import REPO, command_for, emit, log, make_parser
+from bench._common import REPO, bench_main, log, make_parser
 
 NAME = "overhead"
 SHARED = Path(os.environ.get("SRCOMPRESS_SHARED", REPO.parent / "shared"))
@@ -222,8 +222,8 @@ def _plain_trial(
     """What ``kd_worker`` does on one rank, in this process: build everything, then ``fit_kd``. ``steps``: a
     calibration run (that many steps, a report after each, no validation or checkpoint); ``report``: also hand
     every report (plus ``fit_start_unix``) to it."""
-    from orchestrator.workers import load_model, train_sources, val_pairs
-    from sr.data import PatchDataset, clear_lr_cache
+    from orchestrator.workers import load_model, patch_datasets, val_pairs
+    from sr.data import clear_lr_cache
     from sr.distill import KDConfig, fit_kd
 
     t0 = time.perf_counter()
@@ -236,17 +236,7 @@ def _plain_trial(
     student = load_model(cfg["student"])
     teacher = load_model(cfg["teacher"])
     data = cfg["data"]
-    sources = train_sources(data)
-
-    def train_data(hr_patch: int) -> PatchDataset:
-        return PatchDataset(
-            sources,
-            scale=kd.scale,
-            hr_patch=hr_patch,
-            seed=kd.seed,
-            samples_per_epoch=kd.steps * kd.batch_size,
-            skip_bad=bool(data.get("skip_bad", False)),
-        )
+    train_data = patch_datasets(data, kd)
 
     pairs = None if steps else val_pairs(data, kd.scale)
     reports: list[tuple[float, dict[str, Any]]] = []
@@ -718,17 +708,7 @@ def _summary(fig: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = _parse_args(argv)
-    figures = run(args)
-    return emit(
-        figures,
-        name=NAME,
-        command=command_for(NAME, argv),
-        record=not args.no_record,
-        md_path=args.benchmarks_md,
-        summary=_summary(figures),
-    )
+    return bench_main(NAME, argv, _parse_args, run, _summary)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -47,13 +46,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench._common import REPO, command_for, emit, log, make_parser
+from bench._common import REPO, bench_main, log, make_parser
 from orchestrator.pareto import hypervolume_2d, hypervolume_history, pareto_mask, parse_size, reference_point
 from orchestrator.search import INFEASIBLE_PSNR, SearchPlan, make_searcher, sampler_settings
 from search_spaces.sampling import clamp_to_space
 from sr.budget import Budget, is_feasible, price
 from sr.compress import allocate_arch
-from sr.errors import ConfigError, UserError
+from sr.errors import ConfigError
 
 NAME = "search_replay"
 DEFAULT_TABLE = REPO / "bench" / "data" / "kd_table_edsr_x2.parquet"
@@ -542,20 +541,7 @@ def _summary(fig: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        args = _parse_args(argv)
-        figures = run(args)
-    except UserError as exc:
-        sys.exit(f"error: {exc}")  # one line, exit code 1
-    return emit(
-        figures,
-        name=NAME,
-        command=command_for(NAME, argv),
-        record=not args.no_record,
-        md_path=args.benchmarks_md,
-        summary=_summary(figures),
-    )
+    return bench_main(NAME, argv, _parse_args, run, _summary)
 
 
 if __name__ == "__main__":

@@ -184,40 +184,41 @@ class BudgetedOptunaSearch(OptunaSearch):
         self._recorded: set[str] = set()  # infeasible configurations already recorded as MLflow runs
 
     def suggest(self, trial_id: str) -> dict | None:
-        redraws = 0
-        while True:
+        for redraw in range(MAX_REDRAWS + 1):
             with warnings.catch_warnings():
                 # Pricing a draw (a meta-device FLOP count) is meant to run here, before any training.
                 warnings.filterwarnings("ignore", message="Define-by-run function passed in the `space` argument")
                 cfg = super().suggest(trial_id)
-            if not isinstance(cfg, dict) or redraws >= MAX_REDRAWS or cfg.get("_paper_rule"):
-                if isinstance(cfg, dict):
-                    self._draw_keys[trial_id] = _draw_key(cfg)
-                break  # the paper-rule seed always runs as a trial, so it shows on the front
+            if not isinstance(cfg, dict):
+                return cfg
             key = _draw_key(cfg)
-            if self._skip_infeasible and cfg.get("_infeasible"):
-                self._answer(trial_id, cfg, "infeasible", [INFEASIBLE_PSNR if m == "max" else 0.0 for m in self._mode])
-            elif self._dedupe and key in self._done:
-                self._answer(trial_id, cfg, "duplicate", self._done[key])
-            else:
+            # The paper-rule seed always runs as a trial, so it shows on the front.
+            answer = None if redraw == MAX_REDRAWS or cfg.get("_paper_rule") else self._answer_for(cfg, key)
+            if answer is None:
                 self._draw_keys[trial_id] = key
-                break
-            redraws += 1
-        return cfg
+                return cfg
+            self._answer(trial_id, cfg, key, *answer)
+        raise AssertionError("unreachable: the last redraw is always taken")
 
-    def _answer(self, trial_id: str, cfg: dict[str, Any], reason: str, values: list[float]) -> None:
-        """Tell Optuna the draw's result without a trial, record it, and free the Tune trial id for a new draw."""
-        ot_trial = self._ot_trials.pop(trial_id)
-        if reason == "infeasible":
-            # The objective values of a never-trained config: its real cost, PSNR 0 (the constraint decides).
+    def _answer_for(self, cfg: dict[str, Any], key: str) -> tuple[str, list[float]] | None:
+        """(reason, objective values) when the searcher answers this draw itself, else None (it is a trial)."""
+        if self._skip_infeasible and cfg.get("_infeasible"):
+            # A never-trained config: its real cost, PSNR 0 (the constraint decides).
             price_d = cfg.get("_price") or {}
             values = [
-                float(price_d.get(k, 0.0)) if m == "min" else v
-                for k, m, v in zip(self._metric, self._mode, values, strict=True)
+                float(price_d.get(k, 0.0)) if m == "min" else INFEASIBLE_PSNR
+                for k, m in zip(self._metric, self._mode, strict=True)
             ]
+            return "infeasible", values
+        if self._dedupe and key in self._done:
+            return "duplicate", self._done[key]
+        return None
+
+    def _answer(self, trial_id: str, cfg: dict[str, Any], key: str, reason: str, values: list[float]) -> None:
+        """Tell Optuna the draw's result without a trial, record it, and free the Tune trial id for a new draw."""
+        ot_trial = self._ot_trials.pop(trial_id)
         self._ot_study.tell(ot_trial, values)
         self.answered[reason] += 1
-        key = _draw_key(cfg)
         # One infeasible run per distinct configuration (a sampler may draw the same one many times); all counted.
         first = reason == "infeasible" and key not in self._recorded
         self._recorded.add(key)
@@ -335,12 +336,12 @@ def run_trial(config: dict[str, Any], plan: SearchPlan) -> None:
     ctx = ray.tune.get_context()
     trial_id = tt.trial_key(ctx.get_trial_id(), config)
     name = ctx.get_trial_name()
-    done = tt.finished_trial_metrics(plan, trial_id, student_knobs(config, plan))
+    knobs = student_knobs(config, plan)
+    done = tt.finished_trial_metrics(plan, trial_id, knobs)
     if done is not None:
         # Restored after a driver restart but already finished: report its recorded result, train nothing.
         ray.tune.report(_marker_result(plan, {}, **done) if done.get("infeasible") else done)
         return
-    knobs = student_knobs(config, plan)
     price_d = dict(config.get("_price") or price(plan.student_arch, **knobs).as_dict())
     kd_params = {k: config[k] for k in (*KD_DIMS, *CSD_DIMS) if k in config}
     logged = {**kd_params, "shared_C": shared_channels(config, plan)} if _method(plan) == "csd" else kd_params

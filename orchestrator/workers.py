@@ -63,6 +63,25 @@ def train_sources(data: dict[str, Any]) -> list:
     return resolve_train_sources(data.get("train"))
 
 
+def patch_datasets(data: dict[str, Any], kd: Any):
+    """``hr_patch -> PatchDataset`` over the training images (the curriculum asks for one per patch size)."""
+    from sr.data import PatchDataset
+
+    sources = train_sources(data)
+
+    def train_data(hr_patch: int) -> PatchDataset:
+        return PatchDataset(
+            sources,
+            scale=kd.scale,
+            hr_patch=hr_patch,
+            seed=kd.seed,
+            samples_per_epoch=kd.steps * kd.batch_size,
+            skip_bad=bool(data.get("skip_bad", False)),
+        )
+
+    return train_data
+
+
 def val_pairs(data: dict[str, Any], scale: int) -> list:
     from sr.data import fallback_eval_pairs, load_eval_pairs
 
@@ -162,7 +181,6 @@ def _prepare(model: torch.nn.Module, world: int) -> torch.nn.Module:
 # ---------------------------------------------------------------------------------------------------- [W2] KD
 def kd_worker(config: dict[str, Any]) -> None:
     """Per-worker KD: build student/teacher/data from ``config`` and run ``sr.distill.fit_kd``."""
-    from sr.data import PatchDataset
     from sr.distill import KDConfig, fit_kd
 
     torch.set_num_threads(int(config.get("threads", 1)))
@@ -180,17 +198,7 @@ def kd_worker(config: dict[str, Any]) -> None:
         train_data = CachedKDDataset(data["cache_dir"], augment=True, seed=kd.seed)
     else:
         teacher = load_model(config["teacher"]).to(device)
-        sources = train_sources(data)
-
-        def train_data(hr_patch: int):  # the curriculum asks for one dataset per patch size
-            return PatchDataset(
-                sources,
-                scale=kd.scale,
-                hr_patch=hr_patch,
-                seed=kd.seed,
-                samples_per_epoch=kd.steps * kd.batch_size,
-                skip_bad=bool(data.get("skip_bad", False)),
-            )
+        train_data = patch_datasets(data, kd)
 
     pairs = val_pairs(data, kd.scale) if rank == 0 else None
     local = Path(tempfile.mkdtemp(prefix=f"kd_{config.get('trial_name', 'run')}_r{rank}_"))

@@ -117,35 +117,36 @@ def _kill_after_checkpoints(
         time.sleep(0.2)
 
 
-def _kill_train_worker_after(ckpt_root: Path, min_checkpoints: int, killed: list[int]) -> None:
-    _kill_after_checkpoints("*/checkpoint_*", ckpt_root, min_checkpoints, killed, "RayTrainWorker")
+# One 300-step trial that checkpoints every 20 steps, restarted at most twice: long enough to be killed mid-run.
+LONG_TRIAL = {
+    "search.num_samples": 1,
+    "search.enqueue_paper_rule": False,
+    "student.space": {"C": 8, "L": 1, "B": 2},
+    "training.steps": 300,
+    "training.val_every": 20,
+    "training.log_every": 20,
+    "training.ckpt_every": 20,
+    "failure.max_failures": 2,
+}
+
+
+def _run_killing(spec: Path, ckpt_glob: str, root: Path, match: str) -> tuple[dict, list[int]]:
+    """``run_job(spec)`` while a thread SIGKILLs the ``match`` processes once 2 checkpoints exist under ``root``."""
+    from orchestrator.job import run_job
+
+    killed: list[int] = []
+    killer = threading.Thread(target=_kill_after_checkpoints, args=(ckpt_glob, root, 2, killed, match), daemon=True)
+    killer.start()
+    summary = run_job(spec)
+    killer.join(timeout=1)
+    return summary, killed
 
 
 def test_killed_worker_resumes_from_checkpoint(ray_local, tiny_job, tmp_path):
     """Acceptance 3: a Train worker is SIGKILLed mid-trial; FailureConfig restarts the group, which resumes from
     its last checkpoint (step > 0) and finishes."""
-    from orchestrator.job import run_job
-
-    spec = tiny_job(
-        **{
-            "search.num_samples": 1,
-            "search.enqueue_paper_rule": False,
-            "student.space": {"C": 8, "L": 1, "B": 2},
-            "training.steps": 300,
-            "training.val_every": 20,
-            "training.log_every": 20,
-            "training.ckpt_every": 20,
-            "failure.max_failures": 2,
-            "resources.trial_runner": "trainer",
-        }
-    )
-    killed: list[int] = []
-    killer = threading.Thread(
-        target=_kill_train_worker_after, args=(tmp_path / "runs" / "tiny" / "train", 2, killed), daemon=True
-    )
-    killer.start()
-    summary = run_job(spec)
-    killer.join(timeout=1)
+    spec = tiny_job(**LONG_TRIAL, **{"resources.trial_runner": "trainer"})
+    summary, killed = _run_killing(spec, "*/checkpoint_*", tmp_path / "runs" / "tiny" / "train", "RayTrainWorker")
     assert killed, "the test never found a Train worker to kill"
     row = summary["trials"].iloc[0]
     print(f"killed worker pids {killed}; trial {row['run_name']} resumed_from_step={row['resumed_from_step']}")
@@ -211,29 +212,8 @@ def test_driver_killed_then_resume_runs_each_trial_once(tiny_job, tmp_path):
 def test_killed_trial_process_resumes_from_checkpoint(ray_local, tiny_job, tmp_path):
     """The in-trial runner (one worker, the default): the Tune trial's process is SIGKILLed mid-training; Tune's
     FailureConfig restarts the trial, which resumes from its last checkpoint and finishes in the same MLflow run."""
-    from orchestrator.job import run_job
-
-    spec = tiny_job(
-        **{
-            "search.num_samples": 1,
-            "search.enqueue_paper_rule": False,
-            "student.space": {"C": 8, "L": 1, "B": 2},
-            "training.steps": 300,
-            "training.val_every": 20,
-            "training.log_every": 20,
-            "training.ckpt_every": 20,
-            "failure.max_failures": 2,
-        }
-    )
-    killed: list[int] = []
-    killer = threading.Thread(
-        target=_kill_after_checkpoints,
-        args=("*/*/checkpoint_*", tmp_path / "runs" / "tiny" / "tune", 2, killed, "ImplicitFunc"),
-        daemon=True,
-    )
-    killer.start()
-    summary = run_job(spec)
-    killer.join(timeout=1)
+    spec = tiny_job(**LONG_TRIAL)
+    summary, killed = _run_killing(spec, "*/*/checkpoint_*", tmp_path / "runs" / "tiny" / "tune", "ImplicitFunc")
     assert killed, "the test never found a trial process to kill"
     df = summary["trials"]
     assert len(df) == 1  # the restarted trial reused its run
