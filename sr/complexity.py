@@ -83,7 +83,7 @@ def count_macs(model: nn.Module, lr_shape: tuple[int, int], *, in_ch: int = 3) -
     }
     return MacsResult(
         macs=counter.get_total_flops() // 2,
-        lr_shape=tuple(lr_shape),
+        lr_shape=(lr_shape[0], lr_shape[1]),
         counter=COUNTER_NAME,
         torch_version=torch.__version__,
         per_op=per_op,
@@ -167,7 +167,7 @@ def measure_latency_ms(
             iqr_ms=q[2] - q[0],
             repeats=repeats,
             warmup=warmup,
-            lr_shape=tuple(lr_shape),
+            lr_shape=(lr_shape[0], lr_shape[1]),
             device=str(device),
             device_name=_device_name(device),
             threads=torch.get_num_threads(),

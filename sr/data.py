@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, overload
 
 import numpy as np
 import torch
@@ -374,6 +374,10 @@ def tensor_to_image(t: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(arr.permute(1, 2, 0).numpy())
 
 
+@overload
+def dihedral(x: np.ndarray, k: int) -> np.ndarray: ...
+@overload
+def dihedral(x: torch.Tensor, k: int) -> torch.Tensor: ...
 def dihedral(x: np.ndarray | torch.Tensor, k: int) -> np.ndarray | torch.Tensor:
     """Element ``k`` (0..7) of the 8 flips/rotations of the square: mirror left-right if ``k >= 4``, then rotate
     by ``k % 4`` quarter turns (counter-clockwise as displayed).

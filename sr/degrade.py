@@ -134,7 +134,7 @@ def imresize(
     if (scale is None) == (out_hw is None):
         raise UserError("imresize needs exactly one of scale= or out_hw=; pass e.g. scale=0.5 or out_hw=(64, 64)")
     is_tensor = isinstance(img, torch.Tensor)
-    if is_tensor:
+    if isinstance(img, torch.Tensor):
         if img.ndim not in (3, 4) or not img.is_floating_point():
             raise UserError(
                 f"imresize got a {img.dtype} tensor of shape {tuple(img.shape)}; pass a float (C,H,W) or "
@@ -188,7 +188,7 @@ def imresize(
         return out  # type: ignore[return-value]
     if is_uint8:
         return out.astype(np.uint8)  # type: ignore[union-attr,return-value]
-    return np.asarray(out, dtype=img.dtype)  # type: ignore[return-value]
+    return np.asarray(out, dtype=img.dtype)  # type: ignore[return-value,call-overload]
 
 
 def crop_to_multiple(img: Image, scale: int) -> Image:

@@ -23,6 +23,8 @@ BatchNorm folds with its running statistics, so a block with BN equals its fold 
 from __future__ import annotations
 
 import copy
+from functools import reduce
+from operator import add
 from collections.abc import Sequence
 from typing import Literal
 
@@ -33,6 +35,12 @@ Kernel = tuple[Tensor, Tensor]  # (weight [out, in, k, k], bias [out]), float64
 
 
 # --- folding primitives (pure functions on float64 kernels) ---------------------------------------------------
+
+
+def _bias(conv: nn.Conv2d) -> Tensor:
+    """The bias of a conv that the blocks here always build with one."""
+    assert conv.bias is not None, "collapsible-block convs are built with bias=True"
+    return conv.bias
 
 
 def conv_kernel(conv: nn.Conv2d) -> Kernel:
@@ -101,7 +109,8 @@ def identity_kernel(channels: int, k: int, *, like: Tensor) -> Tensor:
 def sum_kernels(kernels: Sequence[Kernel]) -> Kernel:
     """Sum parallel branches, padding each kernel to the largest size."""
     k = max(w.shape[-1] for w, _ in kernels)
-    return sum(pad_kernel(w, k) for w, _ in kernels), sum(b for _, b in kernels)
+    # reduce(add) from the first kernel: the same float sums as ``sum()``, typed as a Tensor.
+    return reduce(add, (pad_kernel(w, k) for w, _ in kernels)), reduce(add, (b for _, b in kernels))
 
 
 # --- blocks ---------------------------------------------------------------------------------------------------
@@ -137,7 +146,7 @@ class CollapsibleBlock(nn.Module):
         k = self.kernel_size
         conv = nn.Conv2d(self.in_channels, self.out_channels, k, padding=k // 2, device=ref.device, dtype=ref.dtype)
         conv.weight.copy_(w.to(ref.dtype))
-        conv.bias.copy_(b.to(ref.dtype))
+        _bias(conv).copy_(b.to(ref.dtype))
         return conv.train(self.training)
 
 
@@ -197,9 +206,9 @@ class ParallelConv(CollapsibleBlock):
         if identity:
             w = w - identity_kernel(c_out, k, like=w)
         block.conv.weight.copy_(w.to(block.conv.weight.dtype))
-        block.conv.bias.copy_(b.to(block.conv.bias.dtype))
+        _bias(block.conv).copy_(b.to(block.conv.weight.dtype))
         block.conv1x1.weight.zero_()
-        block.conv1x1.bias.zero_()
+        _bias(block.conv1x1).zero_()
         return block
 
     def forward(self, x: Tensor) -> Tensor:
@@ -241,10 +250,10 @@ class ExpandConv(CollapsibleBlock):
             w = w - identity_kernel(c_out, k, like=w)
         ref = block.conv_expand.weight
         block.conv_expand.weight[:c_out] = w.to(ref.dtype)
-        block.conv_expand.bias[:c_out] = b.to(ref.dtype)
+        _bias(block.conv_expand)[:c_out] = b.to(ref.dtype)
         block.conv_project.weight.zero_()
         block.conv_project.weight[:, :c_out, 0, 0] = torch.eye(c_out, device=ref.device, dtype=ref.dtype)
-        block.conv_project.bias.zero_()
+        _bias(block.conv_project).zero_()
         return block
 
     def forward(self, x: Tensor) -> Tensor:
@@ -359,7 +368,7 @@ def _replace_convs(
     for name, child in module.named_children():
         if isinstance(child, CollapsibleBlock):
             continue
-        if _replaceable(child, kernel_sizes):
+        if isinstance(child, nn.Conv2d) and _replaceable(child, kernel_sizes):
             setattr(module, name, _collapsible_from(child, kind=kind, expand=expand, identity=identity, keep=keep))
         else:
             _replace_convs(child, kind=kind, expand=expand, identity=identity, kernel_sizes=kernel_sizes, keep=keep)

@@ -57,6 +57,9 @@ class VGGFeatures(nn.Module):
     ``features`` state dict loads strictly; they are never run.
     """
 
+    mean: torch.Tensor  # registered buffers, typed for mypy
+    std: torch.Tensor
+
     def __init__(self) -> None:
         super().__init__()
         self.features = _make_features()
@@ -91,7 +94,8 @@ def _init_random(vgg: VGGFeatures, seed: int) -> None:
     for m in vgg.features:
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu", generator=gen)
-            nn.init.zeros_(m.bias)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 def load_vgg19(path: str | Path | None, *, random_init: bool = False, seed: int = 0) -> VGGFeatures:

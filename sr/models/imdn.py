@@ -84,7 +84,7 @@ class IMDB(nn.Module):
         self.cca = CCALayer(4 * distilled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        split = (self.distilled, self.kept)
+        split = [self.distilled, self.kept]
         d1, r = torch.split(self.act(self.c1(x)), split, dim=1)
         d2, r = torch.split(self.act(self.c2(r)), split, dim=1)
         d3, r = torch.split(self.act(self.c3(r)), split, dim=1)
@@ -152,7 +152,7 @@ class IMDBlockAIM(nn.Module):
         self.conv1x1 = _conv(4 * distilled, C, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        split = (self.distilled, self.kept)
+        split = [self.distilled, self.kept]
         d1, r = torch.split(self.conv1(x), split, dim=1)
         d2, r = torch.split(self.conv2(r), split, dim=1)
         d3, r = torch.split(self.conv3(r), split, dim=1)

@@ -94,6 +94,8 @@ class Mlp(nn.Module):
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside ws x ws windows with a learned relative-position bias."""
 
+    relative_position_index: torch.Tensor  # registered buffer, typed for mypy
+
     def __init__(self, dim: int, *, window: int, heads: int, qkv_bias: bool = True) -> None:
         super().__init__()
         self.window = window
