@@ -23,9 +23,9 @@ BatchNorm folds with its running statistics, so a block with BN equals its fold 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from functools import reduce
 from operator import add
-from collections.abc import Sequence
 from typing import Literal
 
 import torch
