@@ -8,7 +8,7 @@ import pydantic
 import pytest
 
 import search_spaces
-from orchestrator.spec import (
+from search_spaces import (
     JobSpec,
     Range,
     SpecError,
