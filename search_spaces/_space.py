@@ -10,7 +10,7 @@ whose ``choices`` are given uses ``suggest_categorical``. :func:`job_space` buil
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from search_spaces._schema import JobSpec
 
@@ -22,7 +22,8 @@ KD_DIMS = ("w_gt", "w_lap", "w_hf", "lr")
 CSD_DIMS = ("width", "lambda_c", "lambda_t")  # CSD's sampled settings (student.method: csd)
 
 
-def is_range(v: Any) -> bool:
+def is_range(v: Any) -> TypeGuard[Mapping[str, Any]]:
+    """Whether a space dimension is searched (a range or choices), not a fixed value."""
     return isinstance(v, Mapping) and ("low" in v or "choices" in v)
 
 

@@ -32,23 +32,23 @@ def parse_size(value: int | float | str) -> int:
         SizeError: not a size, not whole, or not positive (the message says how to write one).
     """
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise SizeError(f"{value!r} is not a size; {_SIZE_HOW}")
+        raise SizeError(f"size {value!r} is not a number; {_SIZE_HOW}")
     if isinstance(value, str):
         m = _SIZE_RE.match(value)
         if m is None:
-            raise SizeError(f"{value!r} is not a size; {_SIZE_HOW}")
+            raise SizeError(f"size {value!r} is not a number; {_SIZE_HOW}")
         try:
             exact = Decimal(m.group(1).replace("_", "")) * _SIZE_MULT[m.group(2).lower()]
         except InvalidOperation:  # pragma: no cover - the regex admits only decimals
-            raise SizeError(f"{value!r} is not a size; {_SIZE_HOW}") from None
+            raise SizeError(f"size {value!r} is not a number; {_SIZE_HOW}") from None
     elif isinstance(value, float) and not value.is_integer():  # also inf and nan
-        raise SizeError(f"{value!r} is not a whole number; {_SIZE_HOW}")
+        raise SizeError(f"size {value!r} is not a whole number; {_SIZE_HOW}")
     else:
         exact = Decimal(int(value))
     if exact != exact.to_integral_value():
-        raise SizeError(f"{value!r} is not a whole number; {_SIZE_HOW}")
+        raise SizeError(f"size {value!r} is not a whole number; {_SIZE_HOW}")
     if exact <= 0:
-        raise SizeError(f"{value!r} must be positive; {_SIZE_HOW}")
+        raise SizeError(f"size {value!r} must be positive; {_SIZE_HOW}")
     return int(exact)
 
 
