@@ -2,7 +2,7 @@
 
 The orchestrated side is the real search path: a job spec (fixed student ``edsr_mini`` C16 B8, fixed KD weights,
 teacher IMDN x2 with the official weights when present, else ``edsr_baseline`` with random weights; T91 / Set5
-when present, else the scikit-image images) validated by ``orchestrator.spec``, turned into a ``SearchPlan`` by
+when present, else the scikit-image images) validated by ``search_spaces``, turned into a ``SearchPlan`` by
 ``orchestrator.job.plan_search``, run by ``orchestrator.search.make_tuner`` with ``max_concurrent_trials=1`` on a
 local Ray started by ``orchestrator.job.connect_ray(None, num_cpus=2)``, each trial tracked in MLflow (sqlite)
 under a parent run, exactly as ``srcompress run`` does. The plain side runs what ``kd_worker`` runs (build student,
@@ -181,8 +181,8 @@ def _make_plan(spec_dict: dict[str, Any], tmp: Path, tracking_uri: str | None) -
     import yaml
 
     from orchestrator.job import JobState, plan_search
-    from orchestrator.spec import check_paths, load_job_spec
     from orchestrator.tracking import JOB_TAG, KIND_TAG, STATUS_TAG, Tracker, default_artifact_root
+    from search_spaces import check_paths, load_job_spec
 
     path = tmp / f"{spec_dict['name']}.yaml"
     path.write_text(yaml.safe_dump(spec_dict, sort_keys=False))
@@ -203,12 +203,15 @@ def _make_plan(spec_dict: dict[str, Any], tmp: Path, tracking_uri: str | None) -
 
 def _worker_config(plan: Any) -> dict[str, Any]:
     """The ``kd_worker`` config ``orchestrator.search`` hands a trial of this (fixed) space."""
-    from orchestrator.search import student_knobs
-    from search_spaces.sampling import KD_DIMS
+    from orchestrator.search import _method
+    from search_spaces import KD_DIMS, student_knobs
 
     config = dict(plan.space)  # every dimension is fixed, so the sampled config is the space itself
     cfg = json.loads(json.dumps(plan.worker))
-    cfg["student"] = {"arch": plan.student_arch, "knobs": student_knobs(config, plan)}
+    cfg["student"] = {
+        "arch": plan.student_arch,
+        "knobs": student_knobs(config, arch=plan.student_arch, scale=plan.scale, method=_method(plan)),
+    }
     cfg["kd"] = {**cfg.get("kd", {}), **{k: config[k] for k in KD_DIMS if k in config}}
     return cfg
 

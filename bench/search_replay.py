@@ -47,9 +47,9 @@ import numpy as np
 import pandas as pd
 
 from bench._common import REPO, bench_main, log, make_parser
-from orchestrator.pareto import hypervolume_2d, hypervolume_history, pareto_mask, parse_size, reference_point
+from orchestrator.pareto import hypervolume_2d, hypervolume_history, pareto_mask, reference_point
 from orchestrator.search import INFEASIBLE_PSNR, SearchPlan, make_searcher, sampler_settings
-from search_spaces.sampling import clamp_to_space
+from search_spaces import clamp_to_space, parse_size
 from sr.budget import Budget, is_feasible, price
 from sr.compress import allocate_arch
 from sr.errors import ConfigError
@@ -176,7 +176,7 @@ def parse_grid(text: str) -> dict[str, dict[str, int]]:
 
 
 def space_of(df: pd.DataFrame, grid: Mapping[str, Mapping[str, int]]) -> dict[str, Any]:
-    """The search space as ``search_spaces.sampling`` reads it: the C/L/B integer ranges of ``grid``, w_gt
+    """The search space as ``search_spaces.suggest`` reads it: the C/L/B integer ranges of ``grid``, w_gt
     categorical over the table's values, the other knobs fixed at the table's values."""
     return {
         **{k: dict(grid[k]) for k in ("C", "L", "B")},

@@ -44,7 +44,7 @@ def resolve_store(tracking_uri: str | None, job: str | None) -> tuple[str, str |
 
     experiment = None
     if job is not None:
-        from orchestrator.spec import load_job_spec
+        from search_spaces import load_job_spec
 
         spec = load_job_spec(job)
         experiment = spec.experiment_name
@@ -67,7 +67,7 @@ def _experiment(experiment: str | None, from_job: str | None) -> str:
 
 
 def _size(text: str | None) -> int | None:
-    from orchestrator.pareto import parse_size
+    from search_spaces import parse_size
 
     return None if text is None else parse_size(text)
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from search_spaces import check_paths, clamp_to_space, job_space, load_job_spec, smallest_knobs
 from sr.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -132,51 +133,6 @@ def _check_address(address: str) -> None:
 # ----------------------------------------------------------------------------------------------- helpers
 def _objective_key(metric: str, macs_convention: str) -> str:
     return {"macs": f"macs_{macs_convention}"}.get(metric, metric)
-
-
-def _plain_dim(dim: Any) -> Any:
-    """A spec dimension (Range, Choice or fixed value) as the plain value ``search_spaces.sampling`` reads."""
-    return {k: v for k, v in dim.model_dump().items() if v is not None} if hasattr(dim, "model_dump") else dim
-
-
-def _space(spec: Any) -> dict[str, Any]:
-    """The spec's student space + KD (or CSD) space as a plain mapping for ``search_spaces.sampling``."""
-    space = {k: _plain_dim(v) for k, v in spec.student.space.items()}
-    kd = spec.student.kd_space
-    csd = spec.student.method == "csd"
-    for name in ("lr",) if csd else ("w_gt", "w_lap", "w_hf", "lr"):
-        dim = getattr(kd, name)
-        space[name] = _plain_dim(spec.training.lr if dim is None else dim)
-    if csd:
-        # CSD's own loss weights replace the KD ones; width is the exported student's channel ratio.
-        c = spec.csd_settings
-        space.update(width=_plain_dim(c.width), lambda_c=_plain_dim(c.lambda_c), lambda_t=c.lambda_t)
-    space.setdefault("scale", spec.data.scale)
-    return space
-
-
-def _smallest_knobs(spec: Any, space: dict[str, Any]) -> dict[str, Any]:
-    """The cheapest corner of the student space as model knobs (CSD: of the exported student, C' = w*C)."""
-    from search_spaces.sampling import is_range
-    from sr.models import get_family, get_variant, resolve_knobs
-
-    knobs = set(get_family(get_variant(spec.student.arch).family).knobs)
-    out: dict[str, Any] = {}
-    for k, v in space.items():
-        if k not in knobs:
-            continue
-        if is_range(v) and "low" in v:
-            v = v["low"]
-        elif is_range(v):  # choices: the least when numeric, else the variant's default
-            nums = [c for c in v["choices"] if isinstance(c, int | float) and not isinstance(c, bool)]
-            if not nums:
-                continue
-            v = min(nums)
-        out[k] = v
-    if spec.student.method == "csd":
-        width = min(spec.csd_settings.values("width"))
-        out["C"] = round(width * int(out.get("C", resolve_knobs(spec.student.arch)["C"])))
-    return out
 
 
 def _teacher_spec(spec: Any, weights: str | None) -> dict[str, Any]:
@@ -391,7 +347,6 @@ def _stage_run(tracker: Any, exp_id: str, parent: str, kind: str, params: dict, 
 def plan_search(spec: Any, *, teacher: dict[str, Any], state: JobState, tracking: dict[str, Any] | None, out: Path):
     """The SearchPlan of a spec (pure apart from reading the cluster's GPU count)."""
     from orchestrator.search import SearchPlan
-    from search_spaces.sampling import clamp_to_space
     from sr.budget import Budget
 
     b = spec.budgets
@@ -402,7 +357,7 @@ def plan_search(spec: Any, *, teacher: dict[str, Any], state: JobState, tracking
         max_latency_ms=b.max_latency_ms,
         latency_device=b.latency_device,
     )
-    space = _space(spec)
+    space = job_space(spec)
     objectives = tuple((_objective_key(o.metric, b.macs_convention), o.mode) for o in spec.objectives)
     paper_point = None
     method = spec.student.method
@@ -487,7 +442,6 @@ def run_job(
 ) -> dict[str, Any]:
     """Run a whole job; returns a summary (counts, density, allocation, Pareto rows)."""
     from orchestrator.search import make_tuner
-    from orchestrator.spec import check_paths, load_job_spec
     from orchestrator.tracking import JOB_TAG, KIND_TAG, STATUS_TAG, Tracker, check_reachable
     from orchestrator.trial_tracking import make_status_callback
     from sr.budget import Budget, check_budget_reachable
@@ -495,12 +449,12 @@ def run_job(
     t_start = time.time()
     spec = load_job_spec(spec_path)
     spec = check_paths(spec, spec_path)  # applies the spec's fallbacks for absent weights/data
-    space = _space(spec)
+    space = job_space(spec)
     # A budget no architecture can meet is an error before anything starts.
     b = spec.budgets
     check_budget_reachable(
         spec.student.arch,
-        _smallest_knobs(spec, space),
+        smallest_knobs(spec, space),
         Budget(max_params=b.max_params, max_macs=b.max_macs, macs_convention=b.macs_convention),
     )
     csd = spec.csd_settings

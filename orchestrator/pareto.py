@@ -9,7 +9,6 @@ trial runs with ``pareto=true|false`` (``mark_pareto``).
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -214,29 +213,6 @@ def parse_objectives(text: str | Sequence[Objective]) -> list[Objective]:
     if len(set(names)) != len(names):
         raise UserError(f"objectives {','.join(names)} repeat a name; give each metric once")
     return [(n, m) for n, m in pairs]  # type: ignore[misc]
-
-
-_SIZE_RE = re.compile(r"^\s*([0-9][0-9_,]*(?:\.[0-9]*)?(?:e[+-]?[0-9]+)?)\s*([kmgt]?)\s*$", re.IGNORECASE)
-_SIZE_MULT = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
-
-
-def parse_size(text: str | int | float) -> int:
-    """A count with an optional decimal suffix: ``"100k"`` -> 100000, ``"1.2M"`` -> 1200000, ``"20G"`` -> 2e10.
-
-    Suffixes are powers of 1000 (k, M, G, T; either case), as used for parameter and MAC counts.
-    """
-    if isinstance(text, bool):
-        raise UserError(f"size {text!r} is not a number; write e.g. 100k, 1.2M or 20G")
-    if isinstance(text, (int, float)):
-        value = float(text)
-    else:
-        m = _SIZE_RE.match(text)
-        if not m:
-            raise UserError(f"size {text!r} is not a number with an optional k/M/G/T suffix; write e.g. 100k or 20G")
-        value = float(m.group(1).replace("_", "").replace(",", "")) * _SIZE_MULT[m.group(2).lower()]
-    if not math.isfinite(value) or value < 0:
-        raise UserError(f"size {text!r} must be a non-negative finite number; write e.g. 100k or 20G")
-    return int(round(value))
 
 
 # ------------------------------------------------------------------------------------------ reading MLflow

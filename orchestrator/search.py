@@ -33,12 +33,11 @@ from typing import Any
 
 from ray.tune.search.optuna import OptunaSearch
 
-from search_spaces.sampling import ARCH_DIMS, KD_DIMS, suggest
-from sr.budget import Budget, constraint_values, price
+from search_spaces import CSD_DIMS, KD_DIMS, make_space_fn, shared_channels, student_knobs
+from sr.budget import Budget, price
 
 log = logging.getLogger(__name__)
 
-CSD_DIMS = ("width", "lambda_c", "lambda_t")  # CSD's sampled settings (student.method: csd)
 TRIAL_RESOURCE = "srcompress_trial"  # custom resource held by each trial driver (not by its Train workers)
 INFEASIBLE_PSNR = 0.0  # objective value reported for configurations that were never trained
 
@@ -50,7 +49,7 @@ class SearchPlan:
     name: str
     storage: str
     student_arch: str
-    space: Mapping[str, Any]  # C/L/B/KD dims: ranges or fixed values (search_spaces.sampling)
+    space: Mapping[str, Any]  # C/L/B/KD dims: ranges or fixed values (search_spaces.suggest)
     budget: Budget
     objectives: tuple[tuple[str, str], ...]  # (result key, "max"|"min"), first is the PSNR objective
     algorithm: str = "nsga2"
@@ -87,71 +86,12 @@ def _method(plan: SearchPlan) -> str:
     return str(plan.worker.get("method", "kd"))
 
 
-def shared_channels(config: Mapping[str, Any], plan: SearchPlan) -> int:
-    """CSD: channels C of the width-shared model that trains (the space's C, else the variant's)."""
-    from sr.models import resolve_knobs
-
-    return int(config.get("C", resolve_knobs(plan.student_arch)["C"]))
-
-
-def student_knobs(config: Mapping[str, Any], plan: SearchPlan) -> dict[str, Any]:
-    """Model knobs of a sampled config: C/L/B plus the space's fixed knobs (not KD weights).
-
-    For CSD these describe the exported student (``C' = width * C``): budgets, latency and names are its.
-    """
-    from sr.models import get_family, get_variant
-
-    valid = set(get_family(get_variant(plan.student_arch).family).knobs)
-    knobs = {k: v for k, v in config.items() if k in valid}
-    knobs.setdefault("scale", plan.scale)
-    if _method(plan) == "csd" and "width" in config:
-        knobs["C"] = round(float(config["width"]) * shared_channels(config, plan))
-    return knobs
-
-
 def trial_name(config: Mapping[str, Any], plan: SearchPlan, trial_id: str) -> str:
     """``edsr_C16L1B8_x2_kd_<id>`` (``_csd_`` for CSD): the Ray trial name and the MLflow child run name."""
     from sr.models import arch_tag
 
-    return f"{arch_tag(plan.student_arch, **student_knobs(config, plan))}_{_method(plan)}_{trial_id[-5:]}"
-
-
-# ------------------------------------------------------------------------------------------- define-by-run
-class SpaceFn:
-    """The define-by-run function: sample, price, attach budget constraints to the Optuna trial.
-
-    A class (not a closure) so Tune can pickle the searcher into its experiment checkpoint for ``--resume``.
-    """
-
-    def __init__(self, plan: SearchPlan) -> None:
-        self.plan = plan
-
-    def __call__(self, trial: Any) -> dict[str, Any]:
-        plan = self.plan
-        cfg = suggest(trial, plan.space)
-        p = price(plan.student_arch, **student_knobs(cfg, plan))
-        cons = constraint_values(p, plan.budget)
-        for name, value in cons.items():
-            trial.set_constraint(name, value)
-        return {
-            **cfg,  # fixed dimensions are not captured by Optuna; the trial needs them too
-            # Optuna's trial number: the trial's identity in MLflow. A search resumed from a snapshot taken before
-            # this draw draws it again under a new Tune trial id but the same number, and so finds its run.
-            "_draw": trial.number,
-            "_infeasible": any(v > 0 for v in cons.values()),
-            "_paper_rule": _is_enqueued(trial),
-            "_price": p.as_dict(),
-        }
-
-
-def make_space_fn(plan: SearchPlan) -> SpaceFn:
-    return SpaceFn(plan)
-
-
-def _is_enqueued(trial: Any) -> bool:
-    """Whether Optuna's trial came from ``enqueue_trial`` (the paper-rule seed): it then has fixed params."""
-    attrs = trial.storage.get_trial_system_attrs(trial._trial_id)
-    return "fixed_params" in attrs
+    knobs = student_knobs(config, arch=plan.student_arch, scale=plan.scale, method=_method(plan))
+    return f"{arch_tag(plan.student_arch, **knobs)}_{_method(plan)}_{trial_id[-5:]}"
 
 
 MAX_REDRAWS = 20  # answered draws in a row before the next draw is taken as a trial whatever it is
@@ -272,7 +212,9 @@ def make_searcher(plan: SearchPlan, sampler_kwargs: Mapping[str, Any] | None = N
         sampler = cls(seed=plan.seed, **{**sampler_settings(plan), **dict(sampler_kwargs or {})})
     points = [dict(plan.paper_point)] if plan.paper_point else None
     return BudgetedOptunaSearch(
-        space=make_space_fn(plan),
+        space=make_space_fn(
+            arch=plan.student_arch, space=plan.space, budget=plan.budget, scale=plan.scale, method=_method(plan)
+        ),
         metric=[k for k, _ in plan.objectives],
         mode=[m for _, m in plan.objectives],
         sampler=sampler,
@@ -336,7 +278,7 @@ def run_trial(config: dict[str, Any], plan: SearchPlan) -> None:
     ctx = ray.tune.get_context()
     trial_id = tt.trial_key(ctx.get_trial_id(), config)
     name = ctx.get_trial_name()
-    knobs = student_knobs(config, plan)
+    knobs = student_knobs(config, arch=plan.student_arch, scale=plan.scale, method=_method(plan))
     done = tt.finished_trial_metrics(plan, trial_id, knobs)
     if done is not None:
         # Restored after a driver restart but already finished: report its recorded result, train nothing.
@@ -344,7 +286,9 @@ def run_trial(config: dict[str, Any], plan: SearchPlan) -> None:
         return
     price_d = dict(config.get("_price") or price(plan.student_arch, **knobs).as_dict())
     kd_params = {k: config[k] for k in (*KD_DIMS, *CSD_DIMS) if k in config}
-    logged = {**kd_params, "shared_C": shared_channels(config, plan)} if _method(plan) == "csd" else kd_params
+    logged = (
+        {**kd_params, "shared_C": shared_channels(config, plan.student_arch)} if _method(plan) == "csd" else kd_params
+    )
     run_id = tt.open_trial_run(plan, trial_id=trial_id, name=name, knobs=knobs, kd=logged, config=config)
 
     if config.get("_infeasible"):
@@ -396,7 +340,7 @@ def _worker_config(
     if worker_cfg.get("method") == "csd":
         worker_fn = csd_worker
         csd = {k: v for k, v in kd_params.items() if k in CSD_DIMS}
-        worker_cfg["csd"] = {**worker_cfg.get("csd", {}), **csd, "C": shared_channels(config, plan)}
+        worker_cfg["csd"] = {**worker_cfg.get("csd", {}), **csd, "C": shared_channels(config, plan.student_arch)}
     worker_cfg["static_metrics"] = dict(extra)
     if plan.tracking and run_id:
         worker_cfg["tracking"] = {"uri": plan.tracking["uri"], "run_id": run_id}
@@ -508,18 +452,13 @@ def finite(x: Any) -> bool:
 
 
 __all__ = [
-    "ARCH_DIMS",
-    "CSD_DIMS",
     "SearchPlan",
     "TRIAL_RESOURCE",
     "make_searcher",
-    "make_space_fn",
     "make_tuner",
     "max_concurrent",
     "run_trial",
     "sampler_settings",
     "trial_resources",
-    "shared_channels",
-    "student_knobs",
     "trial_name",
 ]

@@ -247,7 +247,7 @@ def plan_submission(
         UserError: an invalid spec (its one-line ``file:line: key: ...`` error), or a spec outside working_dir.
     """
     from orchestrator.job import _RAY_ENV
-    from orchestrator.spec import load_job_spec
+    from search_spaces import load_job_spec
 
     spec = load_job_spec(spec_path)
     path = Path(spec_path).resolve()

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from orchestrator.tracking import KIND_TAG, STATUS_TAG, Tracker
+from search_spaces import CSD_DIMS, KD_DIMS, student_knobs
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ def record_answered_draw(
     with status ``infeasible`` (priced, never trained), so every sampled configuration stays visible; a duplicate
     or a repeated infeasible draw (``reason="repeat"``) gets none (its twin is on record). All are counted on the
     parent run (``draws_answered_*``)."""
-    from orchestrator.search import CSD_DIMS, KD_DIMS, student_knobs, trial_name
+    from orchestrator.search import trial_name
 
     tracker = _tracker(plan)
     if tracker is None:
@@ -139,7 +140,14 @@ def record_answered_draw(
             kd = {k: config[k] for k in (*KD_DIMS, *CSD_DIMS) if k in config}
             name = trial_name(config, plan, "") + draw_id.replace("_", "")  # edsr_C32L1B8_x2_kd_draw00012
             run_id = open_trial_run(
-                plan, trial_id=draw_id, name=name, knobs=student_knobs(config, plan), kd=kd, config=config
+                plan,
+                trial_id=draw_id,
+                name=name,
+                knobs=student_knobs(
+                    config, arch=plan.student_arch, scale=plan.scale, method=plan.worker.get("method", "kd")
+                ),
+                kd=kd,
+                config=config,
             )
             tracker.set_tags(run_id, {ANSWERED_TAG: "searcher"})
             close_trial_run(plan, run_id, status="infeasible", metrics=dict(config.get("_price") or {}))

@@ -162,8 +162,8 @@ def stop_server(proc: subprocess.Popen, *, timeout_s: float = 10.0) -> None:
 def store_of_job(job_path: str | Path) -> tuple[str, str, str]:
     """``(backend_uri, artifact_root, experiment)`` of a job spec: its tracking URI (sqlite under
     ``storage.path`` by default) and ``<storage.path>/<name>/mlartifacts``."""
-    from orchestrator.spec import load_job_spec
     from orchestrator.tracking import default_artifact_root
+    from search_spaces import load_job_spec
 
     spec = load_job_spec(job_path)
     out = Path(spec.storage.path) / spec.name

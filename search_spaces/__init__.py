@@ -1,16 +1,130 @@
-"""Shipped job specs (``<family>_<method>.yaml``) and the helpers to find them.
+"""Job specs and their search spaces: the schema, its YAML loading, value parsing and the define-by-run space.
 
-``demo.yaml`` runs the whole pipeline on a CPU laptop; ``*_cdism.yaml`` are the paper's setups on DIV2K for a GPU
-Ray cluster. Validate one with ``orchestrator.spec.load_job_spec(search_spaces.path("demo"))``.
+One YAML file -> a frozen, validated :class:`JobSpec` (:func:`load_job_spec`). A job spec holds everything one
+``srcompress run`` does: the teacher, the student family and its search space, budgets and objectives, data,
+pruning, distillation, Ray resources, the search algorithm, MLflow tracking and storage. Each section is a frozen
+pydantic model that forbids unknown keys. Every problem is a :class:`SpecError` with one line,
+``file:line: dotted.key: cause; fix``. Line numbers come from the YAML node tree (``yaml.compose``), so they point
+at the offending key.
+
+Paths and the ``../shared`` fallback:
+
+- Input paths (``teacher.weights``, ``data.train``, ``data.val``) expand ``${VAR}``, ``${VAR:-default}`` and
+  ``~``, then resolve against the spec file's folder when relative.
+- ``storage.path`` expands the same way but resolves against the current directory: results belong where the
+  user runs the job, not next to a packaged spec.
+- URIs (``s3://...``) are kept as written.
+- Whether the paths exist is checked by :func:`check_paths`, apart from validation, so validating needs no files.
+  There ``teacher.if_missing: train`` and ``data.if_missing: builtin`` turn a missing path into the documented
+  fallback: train the teacher briefly, or use the scikit-image sample images. That is how ``demo.yaml`` writes
+  ``${SRCOMPRESS_SHARED:-../../shared}/weights/IMDN_x2.pth``: it uses the project's ``shared`` folder when it
+  is there and still runs when it is not.
+
+Sizes (``budgets.max_params``, ``budgets.max_macs``) accept ``100k``, ``1.2M``, ``20G`` (decimal multipliers):
+:func:`parse_size`, the project's one size parser.
+
+The space (:func:`job_space`, :func:`suggest`, :class:`SpaceFn`) is a plain mapping sampled define-by-run on an
+Optuna trial, so ``optuna.trial.FixedTrial`` tests it.
+
+Shipped specs (``<family>_<method>.yaml``, :func:`names`, :func:`path`): ``demo.yaml`` runs the whole pipeline on
+a CPU laptop; ``*_cdism.yaml`` are the paper's setups on DIV2K for a GPU Ray cluster. Validate one with
+``search_spaces.load_job_spec(search_spaces.path("demo"))``.
+
+The modules are private; their public names are re-exported here. ``search_spaces`` depends on ``sr`` only.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from search_spaces._dims import Choice, Dim, NumDim, Range
+from search_spaces._errors import SpecError
+from search_spaces._paths import check_paths
+from search_spaces._schema import JobSpec, spec_hash
+from search_spaces._sections import (
+    BudgetsSpec,
+    CacheSpec,
+    CSDSpec,
+    DataSpec,
+    FailureSpec,
+    KDSpace,
+    Objective,
+    PruneSpec,
+    ResourcesSpec,
+    SchedulerSpec,
+    SearchSpec,
+    StorageSpec,
+    StudentSpec,
+    TeacherFallback,
+    TeacherSpec,
+    TrackingSpec,
+    TrainingSpec,
+)
+from search_spaces._space import (
+    ARCH_DIMS,
+    CSD_DIMS,
+    KD_DIMS,
+    SpaceFn,
+    clamp_to_space,
+    is_range,
+    job_space,
+    make_space_fn,
+    shared_channels,
+    smallest,
+    smallest_knobs,
+    student_knobs,
+    suggest,
+)
+from search_spaces._values import SizeError, parse_size
+from search_spaces._yaml import load_job_spec, parse_job_spec
 from sr.errors import ConfigError
 
-__all__ = ["names", "path"]
+__all__ = [
+    "ARCH_DIMS",
+    "BudgetsSpec",
+    "CSDSpec",
+    "CSD_DIMS",
+    "CacheSpec",
+    "Choice",
+    "DataSpec",
+    "Dim",
+    "FailureSpec",
+    "JobSpec",
+    "KDSpace",
+    "KD_DIMS",
+    "NumDim",
+    "Objective",
+    "PruneSpec",
+    "Range",
+    "ResourcesSpec",
+    "SchedulerSpec",
+    "SearchSpec",
+    "SizeError",
+    "SpaceFn",
+    "SpecError",
+    "StorageSpec",
+    "StudentSpec",
+    "TeacherFallback",
+    "TeacherSpec",
+    "TrackingSpec",
+    "TrainingSpec",
+    "check_paths",
+    "clamp_to_space",
+    "is_range",
+    "job_space",
+    "load_job_spec",
+    "make_space_fn",
+    "names",
+    "parse_job_spec",
+    "parse_size",
+    "path",
+    "shared_channels",
+    "smallest",
+    "smallest_knobs",
+    "spec_hash",
+    "student_knobs",
+    "suggest",
+]
 
 _DIR = Path(__file__).resolve().parent
 

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 import search_spaces
-from orchestrator.spec import load_job_spec
+from search_spaces import load_job_spec
 
 CLUSTER = Path(__file__).resolve().parents[1] / "cluster"
 EXPECTED_KINDS = {

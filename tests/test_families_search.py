@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import search_spaces
-from orchestrator.spec import SpecError, check_paths, load_job_spec
+from search_spaces import SpecError, check_paths, load_job_spec
 
 NEW_SPECS = ("rfdn", "imdn_clb", "csd_edsr")
 
@@ -77,19 +77,24 @@ def test_lambda_c_zero_needs_no_vgg(tmp_path: Path) -> None:
 
 def test_csd_budgets_price_the_exported_student() -> None:
     """The priced/named architecture of a CSD trial is the exported C' = w*C student, not the shared model."""
-    from orchestrator.job import _smallest_knobs, _space
-    from orchestrator.search import SearchPlan, student_knobs, trial_name
+    from orchestrator.search import SearchPlan, trial_name
+    from search_spaces import job_space, smallest_knobs, student_knobs
     from sr.budget import Budget, price
 
     spec = load_job_spec(search_spaces.path("csd_edsr"))
-    space = _space(spec)
+    space = job_space(spec)
     assert {"width", "lambda_c", "lambda_t", "lr"} <= set(space) and "w_gt" not in space
-    assert _smallest_knobs(spec, space)["C"] == 8  # 0.25 * 32
+    assert smallest_knobs(spec, space)["C"] == 8  # 0.25 * 32
     plan = SearchPlan(
         name="x", storage="/tmp/x", student_arch="edsr_baseline", space=space, budget=Budget(), objectives=(),
         worker={"method": "csd"},
     )  # fmt: skip
-    knobs = student_knobs({"C": 32, "L": 1, "B": 3, "width": 0.5, "lambda_c": 10.0, "scale": 2}, plan)
+    knobs = student_knobs(
+        {"C": 32, "L": 1, "B": 3, "width": 0.5, "lambda_c": 10.0, "scale": 2},
+        arch="edsr_baseline",
+        scale=2,
+        method="csd",
+    )
     assert knobs["C"] == 16 and knobs["B"] == 3
     assert price("edsr_baseline", **knobs).params == 26_403  # EDSR C16 L1 B3 x2, counted by hand in the yaml
     assert trial_name({"C": 32, "L": 1, "B": 3, "width": 0.5, "scale": 2}, plan, "abcdef").startswith(

@@ -21,12 +21,12 @@ from orchestrator.pareto import (
     pareto_mask,
     pareto_models,
     parse_objectives,
-    parse_size,
     query_references,
     query_trials,
 )
 from orchestrator.tracking import KIND_TAG, STATUS_TAG, Tracker
 from orchestrator.trials_table import TRIALS_SCHEMA, read_trials_parquet, write_trials_parquet
+from search_spaces import parse_size
 from sr.errors import UserError
 
 

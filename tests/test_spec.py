@@ -8,7 +8,7 @@ import pydantic
 import pytest
 
 import search_spaces
-from orchestrator.spec import (
+from search_spaces import (
     JobSpec,
     Range,
     SpecError,
@@ -285,6 +285,8 @@ def test_several_problems_are_counted(tmp_path: Path) -> None:
         ("49603", 49_603),
         (49603, 49_603),
         (2e6, 2_000_000),
+        ("60_000", 60_000),
+        ("1e5", 100_000),
     ],
 )
 def test_parse_size(text: str | int | float, want: int) -> None:
@@ -293,8 +295,9 @@ def test_parse_size(text: str | int | float, want: int) -> None:
 
 @pytest.mark.parametrize("bad", ["12 parsecs", "1.5", "1.2345k", "-3k", "0", "k", "", True, 1.5])
 def test_parse_size_rejects(bad: object) -> None:
-    with pytest.raises(ValueError, match="k, M, G or T"):
+    with pytest.raises(ValueError, match="k, M, G or T") as info:
         parse_size(bad)  # type: ignore[arg-type]
+    assert isinstance(info.value, UserError)  # the one size parser: the CLI prints it as a one-line error too
 
 
 def test_values_types_and_defaults() -> None:

@@ -1,0 +1,390 @@
+"""The sections of a job spec (teacher, student, budgets, data, prune, training, resources, search, ...)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, field_validator, model_validator
+
+from search_spaces._dims import Choice, Dim, NumDim, Range, SpecModel
+from search_spaces._errors import KeyedError
+from search_spaces._values import InputPath, OutputPath, Scalar, Size, env_only, expand_env, input_path
+
+
+class TeacherFallback(SpecModel):
+    """How to train a teacher when there are no weights (``weights: null``, or missing with ``if_missing: train``).
+
+    The demo uses it when the project's ``shared`` folder is absent.
+    """
+
+    arch: str | None = Field(
+        None, description="variant to train; null = teacher.arch (a different one is built with its defaults)"
+    )
+    steps: int = Field(300, ge=1, description="training steps (batches)")
+    lr: float = Field(5e-4, gt=0, description="Adam learning rate")
+    batch_size: int = Field(8, ge=1, description="patches per step")
+
+
+class TeacherSpec(SpecModel):
+    """The model to compress."""
+
+    arch: str = Field(description="a registered variant name, e.g. imdn, edsr_baseline, swinir_light")
+    weights: InputPath | None = Field(
+        None, description="checkpoint path; null = train a small teacher briefly (see fallback)"
+    )
+    if_missing: Literal["error", "train"] = Field(
+        "error", description="when weights does not exist: error, or train the fallback teacher"
+    )
+    set: dict[str, Scalar] = Field(default_factory=dict, description="knob overrides of the variant")
+    scale: int | None = Field(None, description="upscaling factor; null = data.scale (must match it)")
+    fallback: TeacherFallback = Field(default_factory=TeacherFallback)
+
+
+class KDSpace(SpecModel):
+    """Distillation weights and learning rate: each a fixed number or a range to search.
+
+    The loss is ``w_gt * L1(S, HR) + w_lap * Lap(S, T) + w_hf * Lap(S - G(S), T - G(T))`` (the authors' code:
+    w_gt 0.1, w_lap 1, w_hf 1).
+    """
+
+    w_gt: NumDim = Field(0.1, description="weight of the ground-truth L1 term")
+    w_lap: NumDim = Field(1.0, description="weight of the Laplacian-pyramid term Lap(S, T)")
+    w_hf: NumDim = Field(1.0, description="weight of the high-frequency term Lap(S - blur S, T - blur T)")
+    lr: NumDim | None = Field(None, description="learning rate; null = training.lr")
+
+    @model_validator(mode="after")
+    def _check(self) -> KDSpace:
+        for name in ("w_gt", "w_lap", "w_hf", "lr"):
+            dim = getattr(self, name)
+            low = dim.low if isinstance(dim, Range) else dim
+            if low is not None and low < 0:
+                raise KeyedError(name, f"{name} must be >= 0, got {low}; use a non-negative value")
+        if isinstance(self.lr, float) and self.lr <= 0 or isinstance(self.lr, Range) and self.lr.low <= 0:
+            raise KeyedError("lr", "lr must be > 0; use a positive learning rate")
+        return self
+
+
+class StudentSpec(SpecModel):
+    """The compact model family to search and how."""
+
+    arch: str = Field(description="base variant: knobs not in space keep its values (e.g. edsr_mini)")
+    space: dict[str, Dim] = Field(
+        default_factory=dict,
+        description="knob -> fixed value, {low, high[, step][, log]} or {choices: [...]} (e.g. C, L, B)",
+    )
+    kd_space: KDSpace = Field(default_factory=KDSpace)
+    method: Literal["kd", "csd"] = Field(
+        "kd", description="kd: distil from the teacher; csd: contrastive self-distillation of a width-shared EDSR"
+    )
+
+
+def _vgg_path(value: str | None, info: ValidationInfo) -> str | None:
+    # "random" may come from a default (${SRCOMPRESS_VGG19:-random}): compare after expanding.
+    if value is None or expand_env(value) == "random":
+        return None if value is None else "random"
+    return input_path(value, info)
+
+
+class CSDSpec(SpecModel):
+    """CSD (contrastive self-distillation, REFERENCE.md section 4), read when ``student.method: csd``.
+
+    One width-shared EDSR (``student.space`` gives its full size) trains its full width (the teacher) and its
+    leading ``width`` channel slice (the student) together; the student is exported as a standalone EDSR with
+    ``C' = width * C``, and budgets price that exported model. ``width`` and ``lambda_c`` may be searched.
+    ``vgg_weights: random`` is a seeded untrained VGG19: it only exercises the code path (tests, CPU demo);
+    the contrastive loss it gives is NOT meaningful, so use real weights or ``lambda_c: 0`` for results.
+    """
+
+    width: Dim = Field(0.25, description="student width ratio w (C' = w*C): a fixed value or {choices: [...]}")
+    lambda_c: Dim = Field(200.0, description="contrastive-loss weight (paper: 200); > 0 needs vgg_weights")
+    lambda_t: float = Field(1.0, ge=0, description="weight of the teacher width's L1 loss (paper: 1)")
+    vgg_weights: Annotated[str | None, AfterValidator(_vgg_path)] = Field(
+        None, description="torchvision vgg19-dcbb9e9d.pth; 'random' = untrained VGG19 (tests only, not meaningful)"
+    )
+    teacher_width: float = Field(1.0, gt=0, le=1, description="width ratio of the teacher slice (paper: 1.0)")
+
+    def values(self, name: str) -> list[Any]:
+        """Every value a dimension (``width`` or ``lambda_c``) can take: bounds for a range."""
+        dim = getattr(self, name)
+        if isinstance(dim, Range):
+            return [dim.low, dim.high]
+        return list(dim.choices) if isinstance(dim, Choice) else [dim]
+
+
+class BudgetsSpec(SpecModel):
+    """Hard limits; a sampled config over any of them is infeasible and is not trained."""
+
+    max_params: Size = Field(None, description="parameter count, e.g. 100k or 1.2M")
+    max_macs: Size = Field(None, description="multiply-accumulates per image, e.g. 20G")
+    macs_convention: Literal["720p", "lr256"] = Field(
+        "720p", description="720p: a 1280x720 output (the paper's FLOPs column); lr256: a 256x256 LR input"
+    )
+    max_latency_ms: float | None = Field(None, gt=0, description="forward time per image in ms")
+    latency_device: Literal["cpu", "cuda"] = Field("cpu", description="where latency is measured")
+
+
+_NATURAL_MODE = {"psnr_y": "max", "macs": "min", "params": "min", "latency_ms": "min"}
+
+
+class Objective(SpecModel):
+    """One objective of the multi-objective search; ``metric:mode`` strings are accepted too."""
+
+    metric: Literal["psnr_y", "macs", "params", "latency_ms"]
+    mode: Literal["max", "min"] = Field(description="max for psnr_y, min for the others (the default)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            metric, _, mode = data.partition(":")
+            data = {"metric": metric.strip(), **({"mode": mode.strip()} if mode else {})}
+        if isinstance(data, dict) and "mode" not in data and data.get("metric") in _NATURAL_MODE:
+            data = {**data, "mode": _NATURAL_MODE[data["metric"]]}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> Objective:
+        want = _NATURAL_MODE[self.metric]
+        if self.mode != want:
+            raise KeyedError("mode", f"{self.metric} can only be {want}imized; use mode: {want}")
+        return self
+
+
+def default_objectives() -> list[Objective]:
+    return [Objective(metric="psnr_y", mode="max"), Objective(metric="macs", mode="min")]
+
+
+class CacheSpec(SpecModel):
+    """Teacher-output cache: a fixed pool of patches whose teacher outputs are computed once per job."""
+
+    enabled: bool = Field(False, description="on: trials read cached teacher outputs (no teacher forward)")
+    n_patches: int = Field(2048, ge=1, description="patches in the pool")
+
+
+class DataSpec(SpecModel):
+    """Training and validation images and how patches are cut."""
+
+    train: list[InputPath] | None = Field(
+        None, min_length=1, description="folders/images (DIV2K root ok); null = scikit-image sample images"
+    )
+    val: InputPath | None = Field(None, description="benchmark folder (e.g. Set5); null = scikit-image images")
+    if_missing: Literal["error", "builtin"] = Field(
+        "error", description="when a listed path does not exist: error, or use the built-in images instead"
+    )
+    scale: int = Field(2, ge=2, le=8, description="upscaling factor")
+    hr_patch: int | None = Field(
+        None, ge=16, description="HR patch side in px (multiple of 16 and of scale); default 96"
+    )
+    patch_sizes: list[int] | None = Field(None, min_length=1, description="staged HR patch sides, e.g. [64, 160]")
+    patch_boundaries: list[int] | None = Field(
+        None, description="training steps at which to move to the next patch size (len(patch_sizes) - 1)"
+    )
+    samples_per_epoch: int | None = Field(
+        None, ge=1, description="patches per epoch (sets the pruning schedule); null = number of images"
+    )
+    augment: bool = Field(True, description="random flips/rotations")
+    cache: CacheSpec = Field(default_factory=CacheSpec)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_patch(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("hr_patch") is None and data.get("patch_sizes") is None:
+            data = {**data, "hr_patch": 96}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> DataSpec:
+        if self.hr_patch is not None and self.patch_sizes is not None:
+            raise KeyedError("patch_sizes", "give hr_patch or patch_sizes, not both; drop one")
+        sizes = [("hr_patch", self.hr_patch)] if self.patch_sizes is None else []
+        sizes += [(f"patch_sizes[{i}]", s) for i, s in enumerate(self.patch_sizes or [])]
+        for key, side in sizes:
+            # The Laplacian KD loss halves the patch 4 times; LR = HR / scale must be whole.
+            if side is None or side <= 0 or side % 16 or side % self.scale:
+                raise KeyedError(
+                    key, f"HR patch {side} must be a positive multiple of 16 and of scale {self.scale}; e.g. 96"
+                )
+        if self.patch_sizes is not None:
+            bounds = self.patch_boundaries or []
+            if len(bounds) != len(self.patch_sizes) - 1:
+                raise KeyedError(
+                    "patch_boundaries",
+                    f"needs {len(self.patch_sizes) - 1} step(s) for {len(self.patch_sizes)} patch sizes, "
+                    f"got {len(bounds)}; give one boundary between each pair of sizes",
+                )
+            if any(b <= 0 for b in bounds) or any(b >= c for b, c in zip(bounds, bounds[1:], strict=False)):
+                raise KeyedError("patch_boundaries", f"{bounds} must be positive and increasing; fix them")
+        elif self.patch_boundaries:
+            raise KeyedError("patch_boundaries", "only used with patch_sizes; drop it or give patch_sizes")
+        if self.cache.enabled and self.patch_sizes is not None and len(set(self.patch_sizes)) > 1:
+            raise KeyedError(
+                "cache.enabled",
+                "the teacher-output cache holds patches of one size, but patch_sizes is a curriculum; set "
+                "data.cache.enabled: false, or train on one hr_patch",
+            )
+        return self
+
+    def patch_at(self, step: int) -> int:
+        """HR patch side used at training step ``step`` (0-based)."""
+        if self.patch_sizes is None:
+            assert self.hr_patch is not None
+            return self.hr_patch
+        stage = sum(step >= b for b in self.patch_boundaries or [])
+        return self.patch_sizes[stage]
+
+
+def _check_milestones(milestones: list[int], steps: int) -> None:
+    if any(m <= 0 or m >= steps for m in milestones) or any(
+        a >= b for a, b in zip(milestones, milestones[1:], strict=False)
+    ):
+        raise KeyedError(
+            "milestones", f"{milestones} must be increasing steps between 1 and steps - 1 ({steps - 1}); fix them"
+        )
+
+
+class PruneSpec(SpecModel):
+    """Stage 1: L1-penalised fine-tuning of the teacher with OBProx-SG, giving the density d."""
+
+    enabled: bool = Field(True, description="prune the teacher; false needs density (or no paper-rule seed)")
+    steps: int = Field(100_000, ge=1, description="optimizer steps")
+    lr: float = Field(5e-3, gt=0, description="learning rate")
+    lambda_: float = Field(1e-4, ge=0, alias="lambda", description="L1 penalty weight")
+    epsilon: float = Field(1e-4, ge=0, description="Orthant-step zeroing threshold")
+    batch_size: int = Field(16, ge=1, description="patches per step")
+    milestones: list[int] = Field(default_factory=list, description="steps at which lr is multiplied by gamma")
+    gamma: float = Field(0.5, gt=0, le=1, description="lr factor at each milestone")
+    np_epochs: int | None = Field(None, ge=0, description="Prox-SG epochs before the Orthant phase; null = epochs / 10")
+    quirk_epoch_in_samples: bool = Field(
+        False, description="count epochs in samples like the authors' code (the Orthant phase never starts)"
+    )
+    n_images: int | None = Field(
+        None, ge=1, description="prune on the first n training images (the authors use 100 of DIV2K)"
+    )
+    density: float | None = Field(
+        None, gt=0, le=1, description="skip pruning and use this density (non-zero fraction of deep weights)"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> PruneSpec:
+        _check_milestones(self.milestones, self.steps)
+        return self
+
+    @property
+    def runs(self) -> bool:
+        """Whether stage 1 runs: enabled and no density given."""
+        return self.enabled and self.density is None
+
+
+class TrainingSpec(SpecModel):
+    """Stage 3: knowledge distillation of each trial's student (all steps and intervals in optimizer steps)."""
+
+    steps: int = Field(800_000, ge=1, description="optimizer steps per trial")
+    batch_size: int = Field(16, ge=1, description="global batch (split across the trial's workers)")
+    optimizer: Literal["adam", "adamax"] = Field("adam", description="the authors' code: adam; the paper: adamax")
+    lr: float = Field(1e-4, gt=0, description="learning rate when kd_space.lr is not given")
+    milestones: list[int] = Field(default_factory=list, description="steps at which lr is multiplied by gamma")
+    gamma: float = Field(0.5, gt=0, le=1, description="lr factor at each milestone")
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of the weights; 0 = off")
+    val_every: int = Field(5000, ge=1, description="validate (and report val_psnr_y) every n steps")
+    log_every: int = Field(100, ge=1, description="report the training loss every n steps")
+    ckpt_every: int = Field(10_000, ge=1, description="checkpoint every n steps (a multiple of log_every)")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainingSpec:
+        _check_milestones(self.milestones, self.steps)
+        if self.ckpt_every % self.log_every:
+            raise KeyedError(
+                "ckpt_every",
+                f"{self.ckpt_every} is not a multiple of log_every ({self.log_every}); checkpoints are written "
+                f"at report steps, so use a multiple",
+            )
+        return self
+
+
+def _use_gpu(value: Any) -> Any:
+    if value == "auto" or isinstance(value, bool):
+        return value
+    raise ValueError(f"expected auto, true or false, got {value!r}; use one of them")
+
+
+class ResourcesSpec(SpecModel):
+    """Ray resources of one trial (a Ray Train run with ``workers_per_trial`` workers)."""
+
+    workers_per_trial: int = Field(1, ge=1, description="data-parallel workers per trial")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker")
+    gpus_per_worker: float | None = Field(None, ge=0, description="GPUs per worker; null = 1 if GPUs used else 0")
+    use_gpu: Annotated[Literal["auto"] | bool, BeforeValidator(_use_gpu)] = Field(
+        "auto", description="auto: use GPUs when the cluster has them"
+    )
+    trial_runner: Literal["auto", "trainer"] = Field(
+        "auto",
+        description="auto: a one-worker trial trains inside its Tune trial (no TorchTrainer start-up, ~12 s less "
+        "per trial); trainer: every trial launches a Ray Train TorchTrainer run",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ResourcesSpec:
+        if self.use_gpu is False and self.gpus_per_worker:
+            raise KeyedError("gpus_per_worker", "must be 0 or null with use_gpu: false; drop it or set use_gpu")
+        if self.use_gpu is True and self.gpus_per_worker == 0:
+            raise KeyedError("gpus_per_worker", "is 0 with use_gpu: true; set it > 0 or drop it")
+        return self
+
+
+class SchedulerSpec(SpecModel):
+    """Early stopping of weak trials on the validation PSNR."""
+
+    type: Literal["asha", "none"] = Field("none", description="asha: stop weak trials early; none: run all")
+    grace_period: int = Field(1, ge=1, description="validation reports before a trial can be stopped")
+    reduction_factor: float = Field(4.0, gt=1, description="ASHA keeps 1/reduction_factor of trials per rung")
+    metric: Literal["val_psnr_y"] = Field("val_psnr_y", description="reported metric it compares (maximized)")
+
+
+class SearchSpec(SpecModel):
+    """The multi-objective search (Ray Tune + Optuna)."""
+
+    algorithm: Literal["nsga2", "motpe", "random"] = Field(
+        "motpe", description="Optuna sampler: motpe (multivariate MO-TPE), nsga2 (NSGA-II) or random (a baseline)"
+    )
+    num_samples: int = Field(32, ge=1, description="trials in all (the paper-rule seed included)")
+    max_concurrent_trials: int | None = Field(
+        None, ge=1, description="null = derived from the cluster's free resources"
+    )
+    population_size: int | None = Field(None, ge=2, description="NSGA-II population; null = max(4, num_samples/3)")
+    skip_infeasible: bool = Field(
+        True,
+        description="the searcher answers over-budget draws itself (recorded as infeasible runs, never trained) "
+        "and draws again, so every trial trains a feasible model; false: they use up trials",
+    )
+    dedupe: bool = Field(True, description="answer a draw identical to a trained trial with its result, not a rerun")
+    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
+    enqueue_paper_rule: bool = Field(True, description="seed the search with the paper's C/L/B allocation")
+    seed: int | None = Field(None, ge=0, description="sampler seed; null = the top-level seed")
+
+
+class TrackingSpec(SpecModel):
+    """MLflow tracking."""
+
+    uri: str | None = Field(None, description="tracking URI (${VAR} expanded); null = sqlite under storage.path")
+    experiment: str | None = Field(None, description="experiment name; null = the job name")
+
+    @field_validator("uri")
+    @classmethod
+    def _expand(cls, value: str | None) -> str | None:
+        return env_only(value)
+
+
+class StorageSpec(SpecModel):
+    """Where Ray results, checkpoints and the default MLflow store go."""
+
+    path: OutputPath = Field(
+        "./srcompress_runs",
+        validate_default=True,
+        description="folder or URI; relative paths resolve against the current directory",
+    )
+
+
+class FailureSpec(SpecModel):
+    """Retries of failed trials."""
+
+    max_failures: int = Field(0, ge=-1, description="retries per trial (from its checkpoint); -1 = unlimited")
