@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from sr.complexity import build_on_meta, count_macs_for, count_params, lr_shape_for
 from sr.errors import ConfigError
+from sr.models import build, resolve_knobs
+from sr.reparam import fold
 
 MacsConvention = Literal["720p", "lr256"]
 
@@ -51,8 +53,6 @@ def price(arch: str, **knobs: Any) -> Price:
 
 @lru_cache(maxsize=4096)
 def _price_cached(arch: str, knob_items: tuple[tuple[str, Any], ...]) -> Price:
-    from sr.models import build, resolve_knobs
-    from sr.reparam import fold
 
     knobs = dict(knob_items)
     scale = int(resolve_knobs(arch, **knobs).get("scale", 2))

@@ -313,7 +313,7 @@ def sample_hr_images(*, split: Literal["all", "train", "eval"] = "all") -> list[
 
     ``split="train"`` and ``split="eval"`` return disjoint subsets (5 and 2 images, 256..1000 px).
     """
-    import skimage.data
+    import skimage.data  # deferred: scikit-image loads slowly and only the no-data fallback needs it
 
     names = {"train": _SAMPLE_TRAIN, "eval": _SAMPLE_EVAL, "all": _SAMPLE_TRAIN + _SAMPLE_EVAL}[split]
     return [_as_rgb_uint8(getattr(skimage.data, n)(), f"skimage.data.{n}") for n in names]

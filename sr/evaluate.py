@@ -9,6 +9,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from sr.degrade import bicubic_upsample
+from sr.metrics import psnr_y, ssim_y
+
 
 @dataclass(frozen=True)
 class ImageScore:
@@ -48,8 +51,6 @@ def super_resolve(model: nn.Module, lr: np.ndarray, *, device: torch.device | st
 
 
 def _score(pairs_sr: Sequence[tuple[str, np.ndarray, np.ndarray]], scale: int) -> EvalResult:
-    from sr.metrics import psnr_y, ssim_y
-
     scores = tuple(
         ImageScore(name, float(psnr_y(sr, hr, crop=scale)), float(ssim_y(sr, hr, crop=scale)))
         for name, sr, hr in pairs_sr
@@ -73,6 +74,4 @@ def evaluate_model(model: nn.Module, pairs: Sequence, *, scale: int, device: tor
 
 def evaluate_bicubic(pairs: Sequence, *, scale: int) -> EvalResult:
     """The bicubic-upsampling baseline on the same pairs (MATLAB-compatible kernel)."""
-    from sr.degrade import bicubic_upsample
-
     return _score([(p.name, bicubic_upsample(p.lr, scale), p.hr) for p in pairs], scale)
