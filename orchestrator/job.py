@@ -25,7 +25,7 @@ import ray
 
 from orchestrator._job_state import JobState
 from orchestrator._job_tracking import finish, log_reference_runs, log_stage_run, open_parent_run
-from orchestrator._ray_connect import RAY_ENV, connect_ray
+from orchestrator._ray_connect import connect_ray
 from orchestrator.search import SearchPlan, make_tuner
 from orchestrator.spec import check_paths, load_job_spec
 from orchestrator.tracking import STATUS_TAG, Tracker, check_reachable
@@ -36,8 +36,6 @@ from sr.budget import Budget, check_budget_reachable
 from sr.errors import UserError
 
 log = logging.getLogger(__name__)
-
-_RAY_ENV = RAY_ENV  # the name this module had before orchestrator._ray_connect held it
 
 
 # ----------------------------------------------------------------------------------------------- helpers
