@@ -280,7 +280,7 @@ def _paper_point(spec: Any, state: JobState, space: dict[str, Any]) -> dict[str,
     if not (spec.search.enqueue_paper_rule and state.allocation and spec.student.method == "kd"):
         return None
     a = state.allocation
-    point = {k: a[k] for k in ("C", "L", "B") if k in a and k in space}
+    point: dict[str, Any] = {k: a[k] for k in ("C", "L", "B") if k in a and k in space}
     # The paper's KD weights (the authors' code) when the space allows them.
     point.update({"w_gt": 0.1, "w_lap": 1.0, "w_hf": 1.0})
     return clamp_to_space({k: v for k, v in point.items() if k in space}, space)
