@@ -33,8 +33,9 @@ STATUS_TAG = "srcompress.status"  # completed | stopped-early | infeasible | fai
 KIND_TAG = "srcompress.kind"  # search | trial | prune | cache
 JOB_TAG = "srcompress.job"
 
-# _MLFLOW_DEFERRED: mlflow takes seconds to import, and light commands (``srcompress ui``, the results commands'
-# argument checks) import this module for its constants and helpers; so mlflow is imported where a call needs it.
+# _MLFLOW_DEFERRED: mlflow takes seconds to import, and light code paths (``srcompress ui``, a results command
+# resolving its store, ``orchestrator.ui``) import this module for its constants and URI helpers; so mlflow is
+# imported where a call needs it.
 
 
 class TrackingUnavailable(UserError):
