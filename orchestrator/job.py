@@ -1,133 +1,40 @@
 """``srcompress run``: one job = teacher → [prune] → allocate → [cache] → search → Pareto, tracked in MLflow.
 
-Distributed structure of a job (numbered as they run):
-  [J1] connect to Ray (a local embedded cluster by default, or ``--address``);
+Distributed structure of a job (numbered as they run; ``run_job`` calls one step function per stage):
+  [J1] connect to Ray (a local embedded cluster by default, or ``--address``): ``orchestrator._ray_connect``;
   [J2] teacher: the given weights, or a small one trained briefly (a Ray task) when there are none;
   [J3] prune: a ``TorchTrainer(prune_worker)`` run → density (skipped when the spec gives ``prune.density``);
   [J4] allocate: the paper's C/L/B rule from the density (pure ``sr.compress``), the search's first trial;
   [J5] cache: teacher outputs on a fixed patch pool, a Ray task writing onto the job's storage;
   [J6] search: ``orchestrator.search`` (Tune + Optuna, one TorchTrainer per trial);
-  [J7] choose: Pareto front from MLflow, tagged on the runs and printed.
-Stage outputs are recorded in ``<storage>/<name>/job_state.json`` so ``--resume`` skips finished stages and reuses
-the same MLflow parent run.
+  [J7] choose: Pareto front from MLflow, tagged on the runs and printed (``orchestrator._job_tracking.finish``).
+Stage outputs are recorded in ``<storage>/<name>/job_state.json`` (``JobState``) so ``--resume`` skips finished
+stages and reuses the same MLflow parent run.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
+
+from orchestrator._job_state import JobState
+from orchestrator._job_tracking import finish, log_reference_runs, log_stage_run, open_parent_run
+from orchestrator._ray_connect import connect_ray
+from orchestrator.search import SearchPlan, make_tuner
+from orchestrator.tracking import STATUS_TAG, Tracker, check_reachable
+from orchestrator.trial_tracking import make_status_callback
+from orchestrator.workers import val_pairs
 from search_spaces import check_paths, clamp_to_space, job_space, load_job_spec, smallest_knobs
+from sr.budget import Budget, check_budget_reachable
 from sr.errors import UserError
 
 log = logging.getLogger(__name__)
-
-# Ray settings measured in ../shared/STACK_NOTES.md: without a short health-check interval every
-# ray.train.report blocks ~1.8 s; the preemption watcher and metrics add ~7 s of start-up per Train run.
-_RAY_ENV = {
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
-    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-    "RAY_TRAIN_METRICS_ENABLED": "0",
-    "RAY_DEDUP_LOGS": "1",
-    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
-    # Short in-trial runs checkpoint every few seconds; Tune then warns that it snapshots its state often (cheap
-    # here: a local folder).
-    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-}
-
-
-@dataclass
-class JobState:
-    """What finished stages produced; persisted so a resumed job does not redo them."""
-
-    spec_hash: str = ""
-    parent_run_id: str | None = None
-    experiment_id: str | None = None
-    teacher_weights: str | None = None
-    density: float | None = None
-    allocation: dict[str, Any] | None = None
-    cache_dir: str | None = None
-    references_logged: bool = False
-    stages: dict[str, float] = field(default_factory=dict)  # stage -> seconds
-
-    @classmethod
-    def load(cls, path: Path) -> JobState:
-        return cls(**json.loads(path.read_text())) if path.exists() else cls()
-
-    def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.__dict__, indent=2))
-        os.replace(tmp, path)
-
-
-# -------------------------------------------------------------------------------------------------- [J1] ray
-def connect_ray(address: str | None, *, num_cpus: int | None = None, verbose: bool = False) -> None:
-    """Start a local Ray (default) or connect to ``address``; one-line error when it cannot be reached."""
-    import ray
-
-    from orchestrator.search import TRIAL_RESOURCE
-
-    for k, v in _RAY_ENV.items():
-        os.environ.setdefault(k, v)
-    if address not in (None, "", "local", "auto"):
-        _check_address(address)
-    if ray.is_initialized():
-        return
-    if address in (None, "", "local"):
-        ray.init(
-            address="local",
-            num_cpus=num_cpus or os.cpu_count(),
-            include_dashboard=False,
-            resources={TRIAL_RESOURCE: 1000},
-            logging_level=logging.WARNING,
-            # Worker logs are Ray Train's chatter; the driver prints one line per trial instead.
-            log_to_driver=verbose,
-        )
-        return
-    try:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=verbose)
-    except Exception as exc:  # ConnectionError, TimeoutError, RuntimeError from the GCS client
-        raise UserError(
-            f"cannot connect to the Ray cluster at {address} ({type(exc).__name__}: {str(exc)[:150]}); "
-            "start it (cluster/local.sh start) or fix --address"
-        ) from None
-    if TRIAL_RESOURCE not in ray.cluster_resources():
-        raise UserError(
-            f"the Ray cluster at {address} has no '{TRIAL_RESOURCE}' resource for trial drivers; start its head "
-            f"with --resources='{{\"{TRIAL_RESOURCE}\": 1000}}' (see cluster/)"
-        )
-
-
-def _check_address(address: str) -> None:
-    """Fail in seconds, with the fix, instead of letting ray.init retry an unreachable address for minutes."""
-    import socket
-    from urllib.parse import urlparse
-
-    if address.startswith(("http://", "https://")):
-        raise UserError(
-            f"--address {address} is a Jobs API (dashboard) address; use 'srcompress submit' with it, or give "
-            "ray://HOST:10001 / auto to run"
-        )
-    parsed = urlparse(address if "://" in address else f"ray://{address}")
-    host, port = parsed.hostname, parsed.port
-    if not host or not port:
-        raise UserError(f"--address {address!r} is not HOST:PORT or ray://HOST:PORT; e.g. ray://127.0.0.1:10001")
-    try:
-        with socket.create_connection((host, port), timeout=3):
-            pass
-    except OSError as exc:
-        raise UserError(
-            f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start it (cluster/local.sh start) "
-            "or fix --address"
-        ) from None
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -149,8 +56,6 @@ def _threads(spec: Any) -> int:
 
 
 def _use_gpu(spec: Any) -> bool:
-    import ray
-
     want = spec.resources.use_gpu
     if want == "auto":
         return ray.cluster_resources().get("GPU", 0) > 0
@@ -313,64 +218,33 @@ def build_cache(spec: Any, teacher: dict[str, Any], out: Path) -> str:
 
 
 # ------------------------------------------------------------------------------------------------- the job
-def _reference_runs(spec: Any, teacher: dict[str, Any], tracker: Any, exp_id: str, parent: str) -> None:
-    """Teacher and bicubic on the validation set as child runs: the report's reference markers."""
-    from orchestrator.tracking import KIND_TAG, STATUS_TAG
-    from orchestrator.workers import load_model, val_pairs
-    from sr.budget import price
-    from sr.evaluate import evaluate_bicubic, evaluate_model
-
-    pairs = val_pairs(_data_dict(spec), spec.data.scale)
-    t_model = load_model(teacher)
-    t_res = evaluate_model(t_model, pairs, scale=spec.data.scale)
-    p = price(teacher["arch"], **teacher["knobs"])
-    for kind, name, res, extra in (
-        ("teacher", f"teacher_{teacher['arch']}_x{spec.data.scale}", t_res, p.as_dict()),
-        ("bicubic", f"bicubic_x{spec.data.scale}", evaluate_bicubic(pairs, scale=spec.data.scale), {"params": 0}),
-    ):
-        run_id = tracker.start_run(exp_id, name, parent_run_id=parent, tags={KIND_TAG: kind, STATUS_TAG: "completed"})
-        tracker.log_metrics(run_id, {"psnr_y": res.psnr_y, "ssim_y": res.ssim_y, **extra})
-        tracker.log_params(run_id, {"arch": teacher["arch"] if kind == "teacher" else "bicubic"})
-        tracker.end_run(run_id)
-    print(f"[srcompress] teacher {teacher['arch']}: psnr_y {t_res.psnr_y:.3f} on the validation set", flush=True)
-
-
-def _stage_run(tracker: Any, exp_id: str, parent: str, kind: str, params: dict, metrics: dict) -> None:
-    from orchestrator.tracking import KIND_TAG, STATUS_TAG
-
-    run_id = tracker.start_run(exp_id, kind, parent_run_id=parent, tags={KIND_TAG: kind, STATUS_TAG: "completed"})
-    tracker.log_params(run_id, params)
-    tracker.log_metrics(run_id, metrics)
-    tracker.end_run(run_id)
-
-
-def plan_search(spec: Any, *, teacher: dict[str, Any], state: JobState, tracking: dict[str, Any] | None, out: Path):
-    """The SearchPlan of a spec (pure apart from reading the cluster's GPU count)."""
-    from orchestrator.search import SearchPlan
-    from sr.budget import Budget
-
+def _budget(spec: Any) -> Budget:
     b = spec.budgets
-    budget = Budget(
+    return Budget(
         max_params=b.max_params,
         max_macs=b.max_macs,
         macs_convention=b.macs_convention,
         max_latency_ms=b.max_latency_ms,
         latency_device=b.latency_device,
     )
-    space = job_space(spec)
-    objectives = tuple((_objective_key(o.metric, b.macs_convention), o.mode) for o in spec.objectives)
-    paper_point = None
-    method = spec.student.method
-    if spec.search.enqueue_paper_rule and state.allocation and method == "kd":
-        a = state.allocation
-        point = {k: a[k] for k in ("C", "L", "B") if k in a and k in space}
-        # The paper's KD weights (the authors' code) when the space allows them.
-        point.update({"w_gt": 0.1, "w_lap": 1.0, "w_hf": 1.0})
-        paper_point = clamp_to_space({k: v for k, v in point.items() if k in space}, space)
+
+
+def _paper_point(spec: Any, state: JobState, space: dict[str, Any]) -> dict[str, Any] | None:
+    """The paper-rule allocation as the search's first draw (KD only), clamped to the space."""
+    if not (spec.search.enqueue_paper_rule and state.allocation and spec.student.method == "kd"):
+        return None
+    a = state.allocation
+    point: dict[str, Any] = {k: a[k] for k in ("C", "L", "B") if k in a and k in space}
+    # The paper's KD weights (the authors' code) when the space allows them.
+    point.update({"w_gt": 0.1, "w_lap": 1.0, "w_hf": 1.0})
+    return clamp_to_space({k: v for k, v in point.items() if k in space}, space)
+
+
+def _worker_template(spec: Any, *, teacher: dict[str, Any], state: JobState, use_gpu: bool) -> dict[str, Any]:
+    """The config every trial's worker starts from (``orchestrator.search`` adds the sampled values)."""
     tr = spec.training
-    use_gpu = _use_gpu(spec)
-    worker = {
-        "method": method,
+    worker: dict[str, Any] = {
+        "method": spec.student.method,
         "teacher": teacher,
         "data": {**_data_dict(spec), "cache_dir": state.cache_dir},
         "threads": _threads(spec),
@@ -394,29 +268,38 @@ def plan_search(spec: Any, *, teacher: dict[str, Any], state: JobState, tracking
             ),
         },
     }
-    if method == "csd":
+    if spec.student.method == "csd":
         # Per trial, orchestrator.search adds the sampled width/lambda_c and the shared model's C.
         c = spec.csd_settings
         worker["csd"] = {"lambda_t": c.lambda_t, "vgg_weights": c.vgg_weights, "teacher_width": c.teacher_width}
+    return worker
+
+
+def plan_search(
+    spec: Any, *, teacher: dict[str, Any], state: JobState, tracking: dict[str, Any] | None, out: Path
+) -> SearchPlan:
+    """The SearchPlan of a spec (pure apart from reading the cluster's GPU count)."""
+    space = job_space(spec)
+    use_gpu = _use_gpu(spec)
     sched = spec.search.scheduler
     return SearchPlan(
         name=spec.name,
         storage=str(out),
         student_arch=spec.student.arch,
         space=space,
-        budget=budget,
-        objectives=objectives,
+        budget=_budget(spec),
+        objectives=tuple((_objective_key(o.metric, spec.budgets.macs_convention), o.mode) for o in spec.objectives),
         algorithm=spec.search.algorithm,
         num_samples=spec.search.num_samples,
         max_concurrent_trials=spec.search.max_concurrent_trials,
         seed=spec.search_seed,
         asha=(
-            {"grace_period": sched.grace_period * tr.val_every, "reduction_factor": sched.reduction_factor}
+            {"grace_period": sched.grace_period * spec.training.val_every, "reduction_factor": sched.reduction_factor}
             if sched.type == "asha"
             else None
         ),
-        paper_point=paper_point,
-        worker=worker,
+        paper_point=_paper_point(spec, state, space),
+        worker=_worker_template(spec, teacher=teacher, state=state, use_gpu=use_gpu),
         workers_per_trial=spec.resources.workers_per_trial,
         cpus_per_worker=spec.resources.cpus_per_worker,
         gpus_per_worker=(spec.resources.gpus_per_worker or (1.0 if use_gpu else 0.0)),
@@ -431,30 +314,42 @@ def plan_search(spec: Any, *, teacher: dict[str, Any], state: JobState, tracking
     )
 
 
-def run_job(
-    spec_path: str | Path,
-    *,
-    address: str | None = None,
-    resume: bool = False,
-    tracking_uri: str | None = None,
-    num_cpus: int | None = None,
-    verbose: bool = False,
-) -> dict[str, Any]:
-    """Run a whole job; returns a summary (counts, density, allocation, Pareto rows)."""
-    from orchestrator.search import make_tuner
-    from orchestrator.tracking import JOB_TAG, KIND_TAG, STATUS_TAG, Tracker, check_reachable
-    from orchestrator.trial_tracking import make_status_callback
-    from sr.budget import Budget, check_budget_reachable
+@dataclass
+class _Job:
+    """One running job: its spec, folder, persisted state and MLflow parent run (what every stage step needs)."""
 
-    t_start = time.time()
+    spec: Any
+    out: Path
+    state: JobState
+    tracker: Tracker
+    exp_id: str
+
+    @property
+    def parent(self) -> str:
+        assert self.state.parent_run_id is not None  # set by open_parent_run
+        return self.state.parent_run_id
+
+    @property
+    def tracking(self) -> dict[str, Any]:
+        """What a trial needs to open its child run under the parent."""
+        return {"uri": self.tracker.uri, "experiment_id": self.exp_id, "parent_run_id": self.parent}
+
+    def save(self) -> None:
+        self.state.save(self.out / "job_state.json")
+
+    def stage_run(self, kind: str, params: dict, metrics: dict) -> None:
+        log_stage_run(self.tracker, self.exp_id, self.parent, kind, params, metrics)
+
+
+# ------------------------------------------------------------------------------------- run_job, step by step
+def _checked_spec(spec_path: str | Path) -> Any:
+    """The validated spec with its fallbacks applied; a budget no architecture meets fails here, before Ray."""
     spec = load_job_spec(spec_path)
     spec = check_paths(spec, spec_path)  # applies the spec's fallbacks for absent weights/data
-    space = job_space(spec)
-    # A budget no architecture can meet is an error before anything starts.
     b = spec.budgets
     check_budget_reachable(
         spec.student.arch,
-        smallest_knobs(spec, space),
+        smallest_knobs(spec, job_space(spec)),
         Budget(max_params=b.max_params, max_macs=b.max_macs, macs_convention=b.macs_convention),
     )
     csd = spec.csd_settings
@@ -464,9 +359,11 @@ def run_job(
             "means nothing (a code-path check); use real VGG19 weights or lambda_c: 0 for results",
             flush=True,
         )
-    uri = tracking_uri or spec.tracking_uri
-    check_reachable(uri)
-    out = Path(spec.storage.path).resolve() / spec.name
+    return spec
+
+
+def _open_state(spec: Any, spec_path: str | Path, out: Path, *, resume: bool) -> JobState:
+    """The job's state: fresh, or the recorded one on ``--resume``; a fresh job never overwrites another."""
     state_path = out / "job_state.json"
     state = JobState.load(state_path) if resume else JobState()
     if not resume and state_path.exists():
@@ -478,107 +375,124 @@ def run_job(
         print(f"[srcompress] warning: {spec_path} changed since the job started; resuming anyway", flush=True)
     state.spec_hash = spec.spec_hash()
     out.mkdir(parents=True, exist_ok=True)
+    return state
 
-    # [J1]
-    connect_ray(address, num_cpus=num_cpus, verbose=verbose)
-    # Tracking: experiment + parent run (reused on resume).
-    from orchestrator.tracking import default_artifact_root
 
-    tracker = Tracker(uri)
-    exp_id = tracker.experiment_id(
-        spec.experiment_name,
-        artifact_location=None if uri.startswith("http") else default_artifact_root(out),
-    )
-    if state.parent_run_id is None:
-        state.parent_run_id = tracker.start_run(
-            exp_id, f"search_{spec.name}", tags={KIND_TAG: "search", STATUS_TAG: "running", JOB_TAG: spec.name}
-        )
-        tracker.log_params(state.parent_run_id, spec.to_flat_dict())
-        if spec.source:
-            tracker.log_artifact(state.parent_run_id, spec.source, "job")
-    state.experiment_id = exp_id
-    state.save(state_path)
-    parent = state.parent_run_id
-    tracking = {"uri": uri, "experiment_id": exp_id, "parent_run_id": parent}
-
-    # [J2]
+def _teacher_step(job: _Job) -> dict[str, Any]:
+    """[J2] The teacher (trained when the spec has no weights) and, once, its reference runs."""
     t0 = time.time()
-    teacher, state.teacher_weights = resolve_teacher(spec, out)
-    state.stages.setdefault("teacher", time.time() - t0)
-    state.save(state_path)
-    if not state.references_logged:
-        _reference_runs(spec, teacher, tracker, exp_id, parent)
-        state.references_logged = True
-        state.save(state_path)
+    teacher, job.state.teacher_weights = resolve_teacher(job.spec, job.out)
+    job.state.stages.setdefault("teacher", time.time() - t0)
+    job.save()
+    if not job.state.references_logged:
+        pairs = val_pairs(_data_dict(job.spec), job.spec.data.scale)
+        log_reference_runs(job.tracker, job.exp_id, job.parent, teacher, pairs, scale=job.spec.data.scale)
+        job.state.references_logged = True
+        job.save()
+    return teacher
 
-    # [J3]
-    if state.density is None:
-        t0 = time.time()
-        if spec.prune.density is not None:
-            state.density = float(spec.prune.density)
-        elif spec.prune.enabled:
-            print(f"[srcompress] stage prune: OBProx-SG on {teacher['arch']} for {spec.prune.steps} steps", flush=True)
-            state.density = run_prune(spec, teacher, out, None)
-            _stage_run(
-                tracker,
-                exp_id,
-                parent,
-                "prune",
-                {"arch": teacher["arch"], "steps": spec.prune.steps, "lambda": spec.prune.lambda_},
-                {"density": state.density, "seconds": time.time() - t0},
-            )
-        state.stages["prune"] = time.time() - t0
-        state.save(state_path)
-        if state.density is not None:
-            tracker.log_metrics(parent, {"density": state.density})
-            print(f"[srcompress] density d = {state.density:.4f}", flush=True)
 
-    # [J4]
-    if state.allocation is None and state.density is not None and spec.search.enqueue_paper_rule:
-        density = state.density
-        if density <= 0:
-            # Pruning removed every deep weight (too strong a penalty for this teacher): the rule then asks for the
-            # smallest architecture, which is what the smallest positive density gives.
-            print("[srcompress] warning: pruning zeroed every deep weight; lower prune.lambda/lr", flush=True)
-            density = 1e-6
-        state.allocation = paper_allocation(spec, teacher, density)
-        if state.allocation is not None:
-            tracker.log_params(parent, {f"allocation.{k}": v for k, v in state.allocation.items()})
-            state.save(state_path)
-            print(f"[srcompress] paper-rule allocation: {state.allocation}", flush=True)
-
-    # [J5]
-    if spec.data.cache.enabled and state.cache_dir is None:
-        t0 = time.time()
-        state.cache_dir = build_cache(spec, teacher, out)
-        state.stages["cache"] = time.time() - t0
-        _stage_run(
-            tracker,
-            exp_id,
-            parent,
-            "cache",
-            {"n_patches": spec.data.cache.n_patches, "path": state.cache_dir},
-            {"seconds": state.stages["cache"]},
+def _prune_step(job: _Job, teacher: dict[str, Any]) -> None:
+    """[J3] The density: given by the spec, or measured by a pruning run of the teacher."""
+    spec, state = job.spec, job.state
+    if state.density is not None:
+        return
+    t0 = time.time()
+    if spec.prune.density is not None:
+        state.density = float(spec.prune.density)
+    elif spec.prune.enabled:
+        print(f"[srcompress] stage prune: OBProx-SG on {teacher['arch']} for {spec.prune.steps} steps", flush=True)
+        state.density = run_prune(spec, teacher, job.out, None)
+        job.stage_run(
+            "prune",
+            {"arch": teacher["arch"], "steps": spec.prune.steps, "lambda": spec.prune.lambda_},
+            {"density": state.density, "seconds": time.time() - t0},
         )
-        tracker.log_params(parent, {"cache_dir": state.cache_dir})
-        state.save(state_path)
+    state.stages["prune"] = time.time() - t0
+    job.save()
+    if state.density is not None:
+        job.tracker.log_metrics(job.parent, {"density": state.density})
+        print(f"[srcompress] density d = {state.density:.4f}", flush=True)
 
-    # [J6]
-    plan = plan_search(spec, teacher=teacher, state=state, tracking=tracking, out=out)
-    callback = make_status_callback(plan)
-    tuner, restored = make_tuner(plan, callbacks=[callback], resume=resume)
+
+def _allocate_step(job: _Job, teacher: dict[str, Any]) -> None:
+    """[J4] The paper rule's C/L/B from the density: the search's first draw."""
+    state = job.state
+    if state.allocation is not None or state.density is None or not job.spec.search.enqueue_paper_rule:
+        return
+    density = state.density
+    if density <= 0:
+        # Pruning removed every deep weight (too strong a penalty for this teacher): the rule then asks for the
+        # smallest architecture, which is what the smallest positive density gives.
+        print("[srcompress] warning: pruning zeroed every deep weight; lower prune.lambda/lr", flush=True)
+        density = 1e-6
+    state.allocation = paper_allocation(job.spec, teacher, density)
+    if state.allocation is not None:
+        job.tracker.log_params(job.parent, {f"allocation.{k}": v for k, v in state.allocation.items()})
+        job.save()
+        print(f"[srcompress] paper-rule allocation: {state.allocation}", flush=True)
+
+
+def _cache_step(job: _Job, teacher: dict[str, Any]) -> None:
+    """[J5] The teacher-output cache every trial reads (when the spec enables it)."""
+    spec, state = job.spec, job.state
+    if not spec.data.cache.enabled or state.cache_dir is not None:
+        return
+    t0 = time.time()
+    state.cache_dir = build_cache(spec, teacher, job.out)
+    state.stages["cache"] = time.time() - t0
+    job.stage_run(
+        "cache",
+        {"n_patches": spec.data.cache.n_patches, "path": state.cache_dir},
+        {"seconds": state.stages["cache"]},
+    )
+    job.tracker.log_params(job.parent, {"cache_dir": state.cache_dir})
+    job.save()
+
+
+def _search_step(job: _Job, teacher: dict[str, Any], *, resume: bool) -> tuple[SearchPlan, Any]:
+    """[J6] The Tune search (restored from the job's storage on ``--resume``); returns its plan and results."""
+    plan = plan_search(job.spec, teacher=teacher, state=job.state, tracking=job.tracking, out=job.out)
+    tuner, restored = make_tuner(plan, callbacks=[make_status_callback(plan)], resume=resume)
     print(
         f"[srcompress] search: {plan.num_samples} trials of {plan.student_arch} ({plan.algorithm}"
         f"{', restored' if restored else ''}); budget {plan.budget}",
         flush=True,
     )
-    results = tuner.fit()
+    return plan, tuner.fit()
 
-    # [J7]
-    summary = finish(spec, plan, tracker, exp_id, parent, results, out)
+
+def run_job(
+    spec_path: str | Path,
+    *,
+    address: str | None = None,
+    resume: bool = False,
+    tracking_uri: str | None = None,
+    num_cpus: int | None = None,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """Run a whole job; returns a summary (counts, density, allocation, Pareto rows)."""
+    t_start = time.time()
+    spec = _checked_spec(spec_path)
+    uri = tracking_uri or spec.tracking_uri
+    check_reachable(uri)
+    out = Path(spec.storage.path).resolve() / spec.name
+    state = _open_state(spec, spec_path, out, resume=resume)
+    connect_ray(address, num_cpus=num_cpus, verbose=verbose)  # [J1]
+    tracker = Tracker(uri)
+    job = _Job(spec, out, state, tracker, open_parent_run(tracker, spec, state, out=out))
+    job.save()
+
+    teacher = _teacher_step(job)  # [J2]
+    _prune_step(job, teacher)  # [J3]
+    _allocate_step(job, teacher)  # [J4]
+    _cache_step(job, teacher)  # [J5]
+    plan, results = _search_step(job, teacher, resume=resume)  # [J6]
+
+    summary = finish(spec, plan, tracker, job.exp_id, job.parent, results, out)  # [J7]
     summary.update(density=state.density, allocation=state.allocation, seconds=time.time() - t_start)
-    tracker.set_tags(parent, {STATUS_TAG: "completed"})
-    tracker.end_run(parent)
+    tracker.set_tags(job.parent, {STATUS_TAG: "completed"})
+    tracker.end_run(job.parent)
     return summary
 
 
@@ -611,35 +525,4 @@ def paper_allocation(spec: Any, teacher: dict[str, Any], density: float) -> dict
     return {"base_arch": teacher["arch"], "C": alloc.C, "L": alloc.L, "B": alloc.B, "density": density}
 
 
-def finish(spec: Any, plan: Any, tracker: Any, exp_id: str, parent: str, results: Any, out: Path) -> dict:
-    """Counts, Pareto tagging and the final table."""
-    from orchestrator.pareto import mark_pareto, pareto_models, query_trials
-
-    df = query_trials(tracker, spec.experiment_name)
-    if "parent_run_id" in df.columns:
-        df = df[df["parent_run_id"] == parent]
-    if len(df) and "status" in df.columns:
-        # Every trial has ended once the Tuner returns: a run still "running" lost its trial (a driver killed
-        # before Tune snapshotted it; the resumed search drew it again under a new run). Record it as such.
-        from orchestrator.tracking import STATUS_TAG
-
-        for run_id in df.loc[df["status"] == "running", "run_id"]:
-            tracker.set_tags(run_id, {STATUS_TAG: "interrupted"})
-            tracker.end_run(run_id, "KILLED")
-        df = df.assign(status=df["status"].replace({"running": "interrupted"}))
-    counts = df["status"].value_counts().to_dict() if len(df) else {}
-    objectives = [f"{k}:{m}" for k, m in plan.objectives]
-    front = pareto_models(df, objectives=",".join(objectives)) if len(df) else df
-    mark_pareto(tracker, spec.experiment_name, parent, ",".join(objectives))
-    if len(front):
-        from orchestrator.registry import register_pareto_models
-
-        # Pareto members become registered (folded) models, tagged with their architecture and metrics.
-        registered = register_pareto_models(tracker, spec.experiment_name, parent, objectives=",".join(objectives))
-        uris = {r["run_id"]: r.get("model_uri") for r in registered}
-        front = front.assign(model_uri=[uris.get(i) for i in front["run_id"]])
-    tracker.log_metrics(parent, {f"trials_{k.replace('-', '_')}": v for k, v in counts.items()})
-    # Over-budget draws the searcher answered itself are MLflow runs but not Ray trials.
-    ray_infeasible = sum(1 for r in results if (getattr(r, "metrics", None) or {}).get("infeasible"))
-    answered = max(0, int(counts.get("infeasible", 0)) - ray_infeasible)
-    return {"counts": counts, "front": front, "trials": df, "ray_trials": len(results), "answered": answered}
+__all__ = ["JobState", "connect_ray", "finish", "paper_allocation", "plan_search", "resolve_teacher", "run_job"]

@@ -1,7 +1,8 @@
 """Ray Tune + Optuna multi-objective search; every feasible trial is a KD run.
 
-Distributed structure:
-  [T1] ``Tuner`` on the driver with an ``OptunaSearch`` (NSGA-II / MO-TPE / random) and optional ASHA.
+Distributed structure (each Ray call below is marked with its number):
+  [T1] ``Tuner`` on the driver (``make_tuner``) with an ``OptunaSearch`` (NSGA-II / MO-TPE / random, ``make_searcher``)
+       and optional ASHA; ``TrialStatusCallback`` (``orchestrator.trial_tracking``) closes the runs Tune ends.
   [T2] ``run_trial``: a Tune function trainable per trial. It prices the architecture, measures latency if
        budgeted, opens the trial's MLflow child run and then...
   [T3] ...with one worker per trial (``resources.trial_runner: auto``) runs ``kd_worker`` (``csd_worker`` for
@@ -16,11 +17,15 @@ trial slot is spent on it; otherwise the trial returns at once from ``run_trial`
 result. ``search.dedupe`` answers a draw identical to a trained trial with that trial's result. Latency is only
 known on the trial's device, so ``run_trial`` reports it and ``BudgetedOptunaSearch`` attaches that constraint
 before telling Optuna.
+
+Dependencies point one way: this module -> ``orchestrator.trial_tracking`` (MLflow child runs) ->
+``orchestrator.tracking``; trial runs are given names and knobs computed here.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import math
@@ -31,14 +36,28 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import optuna
+import ray
+import torch
+from ray import tune
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from orchestrator import trial_tracking as tt
+from orchestrator._ray_connect import TRIAL_RESOURCE
+from orchestrator.csd_worker import csd_worker
+from orchestrator.workers import kd_worker, run_in_trial
 from search_spaces import CSD_DIMS, KD_DIMS, make_space_fn, shared_channels, student_knobs
 from sr.budget import Budget, price
+from sr.complexity import lr_shape_for, measure_latency_ms
+from sr.models import arch_tag, build
+from sr.reparam import fold
 
 log = logging.getLogger(__name__)
 
-TRIAL_RESOURCE = "srcompress_trial"  # custom resource held by each trial driver (not by its Train workers)
 INFEASIBLE_PSNR = 0.0  # objective value reported for configurations that were never trained
 
 
@@ -86,11 +105,14 @@ def _method(plan: SearchPlan) -> str:
     return str(plan.worker.get("method", "kd"))
 
 
+def _knobs(config: Mapping[str, Any], plan: SearchPlan) -> dict[str, Any]:
+    """The student's model knobs for a sampled config (``search_spaces.student_knobs`` with this plan's arch)."""
+    return student_knobs(config, arch=plan.student_arch, scale=plan.scale, method=_method(plan))
+
+
 def trial_name(config: Mapping[str, Any], plan: SearchPlan, trial_id: str) -> str:
     """``edsr_C16L1B8_x2_kd_<id>`` (``_csd_`` for CSD): the Ray trial name and the MLflow child run name."""
-    from sr.models import arch_tag
-
-    knobs = student_knobs(config, arch=plan.student_arch, scale=plan.scale, method=_method(plan))
+    knobs = _knobs(config, plan)
     return f"{arch_tag(plan.student_arch, **knobs)}_{_method(plan)}_{trial_id[-5:]}"
 
 
@@ -163,12 +185,7 @@ class BudgetedOptunaSearch(OptunaSearch):
         first = reason == "infeasible" and key not in self._recorded
         self._recorded.add(key)
         if self._plan is not None and self._plan.tracking:
-            from orchestrator import trial_tracking as tt
-
-            tt.record_answered_draw(
-                self._plan, f"draw_{ot_trial.number:05d}", cfg, reason=reason if first else "repeat",
-                answered=self.answered,
-            )  # fmt: skip
+            _record_answered_draw(self._plan, f"draw_{ot_trial.number:05d}", cfg, reason if first else "repeat", self)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         ot_trial = self._ot_trials.get(trial_id)
@@ -181,6 +198,22 @@ class BudgetedOptunaSearch(OptunaSearch):
             if all(finite(v) for v in values):
                 self._done[key] = [float(v) for v in values]
         super().on_trial_complete(trial_id, result=result, error=error)
+
+
+def _record_answered_draw(
+    plan: SearchPlan, draw_id: str, cfg: Mapping[str, Any], reason: str, searcher: BudgetedOptunaSearch
+) -> None:
+    """Its MLflow record (``trial_tracking.record_answered_draw``), with the name and knobs a trial would have."""
+    tt.record_answered_draw(
+        plan,
+        draw_id,
+        cfg,
+        name=trial_name(cfg, plan, "") + draw_id.replace("_", ""),  # edsr_C32L1B8_x2_kd_draw00012
+        knobs=_knobs(cfg, plan),
+        kd={k: cfg[k] for k in (*KD_DIMS, *CSD_DIMS) if k in cfg},
+        reason=reason,
+        answered=searcher.answered,
+    )
 
 
 def sampler_settings(plan: SearchPlan) -> dict[str, Any]:
@@ -200,8 +233,6 @@ def sampler_settings(plan: SearchPlan) -> dict[str, Any]:
 def make_searcher(plan: SearchPlan, sampler_kwargs: Mapping[str, Any] | None = None):
     """[T1] OptunaSearch over the define-by-run space with the chosen multi-objective sampler
     (``sampler_kwargs`` override ``sampler_settings``; the search replay benchmark uses them)."""
-    import optuna
-
     cls = {
         "nsga2": optuna.samplers.NSGAIISampler,
         "motpe": optuna.samplers.TPESampler,
@@ -236,13 +267,6 @@ def _marker_result(plan: SearchPlan, price_d: Mapping[str, int], **extra: Any) -
 
 def _latency_ms(plan: SearchPlan, knobs: Mapping[str, Any]) -> float:
     """Latency of the folded student on this trial's device, cached per architecture in the job's storage."""
-    import fcntl
-
-    import torch
-
-    from sr.complexity import measure_latency_ms
-    from sr.models import arch_tag, build
-
     device = plan.budget.latency_device
     if device == "cuda" and not torch.cuda.is_available():
         device = "cpu"
@@ -253,8 +277,6 @@ def _latency_ms(plan: SearchPlan, knobs: Mapping[str, Any]) -> float:
         fcntl.flock(lock, fcntl.LOCK_EX)
         cache = json.loads(path.read_text()) if path.exists() else {}
         if key not in cache:
-            from sr.complexity import lr_shape_for
-
             model = _deploy(build(plan.student_arch, **knobs))
             shape = lr_shape_for("720p", int(knobs.get("scale", plan.scale)))
             cache[key] = measure_latency_ms(model, shape, device=device, warmup=2, repeats=5).median_ms
@@ -263,26 +285,20 @@ def _latency_ms(plan: SearchPlan, knobs: Mapping[str, Any]) -> float:
 
 
 def _deploy(model: Any) -> Any:
-    from sr.reparam import fold
-
     return fold(model)
 
 
 def run_trial(config: dict[str, Any], plan: SearchPlan) -> None:
     """[T2] One search trial: budget checks, MLflow child run, then [T3] its KD run (in this process with one
-    worker, else a TorchTrainer)."""
-    import ray.tune
-
-    from orchestrator import trial_tracking as tt
-
-    ctx = ray.tune.get_context()
+    worker, else a TorchTrainer). Every outcome ends in one ``tune.report``."""
+    ctx = tune.get_context()
     trial_id = tt.trial_key(ctx.get_trial_id(), config)
     name = ctx.get_trial_name()
-    knobs = student_knobs(config, arch=plan.student_arch, scale=plan.scale, method=_method(plan))
+    knobs = _knobs(config, plan)
     done = tt.finished_trial_metrics(plan, trial_id, knobs)
     if done is not None:
         # Restored after a driver restart but already finished: report its recorded result, train nothing.
-        ray.tune.report(_marker_result(plan, {}, **done) if done.get("infeasible") else done)
+        tune.report(_marker_result(plan, {}, **done) if done.get("infeasible") else done)  # [T2]
         return
     price_d = dict(config.get("_price") or price(plan.student_arch, **knobs).as_dict())
     kd_params = {k: config[k] for k in (*KD_DIMS, *CSD_DIMS) if k in config}
@@ -293,29 +309,31 @@ def run_trial(config: dict[str, Any], plan: SearchPlan) -> None:
 
     if config.get("_infeasible"):
         tt.close_trial_run(plan, run_id, status="infeasible", metrics=price_d)
-        ray.tune.report(_marker_result(plan, price_d))
+        tune.report(_marker_result(plan, price_d))  # [T2]
         return
-    extra: dict[str, Any] = {}
-    if plan.budget.max_latency_ms is not None:
-        lat = _latency_ms(plan, knobs)
-        extra = {"latency_ms": lat, "constraint_latency_ms": lat / plan.budget.max_latency_ms - 1.0}
-        if lat > plan.budget.max_latency_ms:
-            tt.close_trial_run(plan, run_id, status="infeasible", metrics={**price_d, "latency_ms": lat})
-            ray.tune.report(_marker_result(plan, price_d, **extra))
-            return
-
+    extra = _latency_metrics(plan, knobs)
+    if plan.budget.max_latency_ms is not None and extra["latency_ms"] > plan.budget.max_latency_ms:
+        tt.close_trial_run(plan, run_id, status="infeasible", metrics={**price_d, "latency_ms": extra["latency_ms"]})
+        tune.report(_marker_result(plan, price_d, **extra))  # [T2]
+        return
     t0 = time.time()
     worker_cfg, worker_fn = _worker_config(
         plan, config, name=name, knobs=knobs, kd_params=kd_params, run_id=run_id, extra={**price_d, **extra}
     )
     if plan.in_trial:
-        from orchestrator.workers import run_in_trial
-
-        final = run_in_trial(worker_fn, worker_cfg)
+        final = run_in_trial(worker_fn, worker_cfg)  # [T3] reports to Tune itself
     else:
-        final = dict(_fit_trainer(plan, worker_fn, worker_cfg, name=name).metrics or {})
+        final = dict(_fit_trainer(plan, worker_fn, worker_cfg, name=name).metrics or {})  # [T3]
     final["train_time_s"] = time.time() - t0
     tt.close_trial_run(plan, run_id, status="completed", metrics=final)
+
+
+def _latency_metrics(plan: SearchPlan, knobs: Mapping[str, Any]) -> dict[str, float]:
+    """The latency the budget limits and its constraint value (over budget when > 0); empty without the budget."""
+    if plan.budget.max_latency_ms is None:
+        return {}
+    lat = _latency_ms(plan, knobs)
+    return {"latency_ms": lat, "constraint_latency_ms": lat / plan.budget.max_latency_ms - 1.0}
 
 
 def _worker_config(
@@ -329,9 +347,6 @@ def _worker_config(
     extra: Mapping[str, Any],
 ) -> tuple[dict[str, Any], Any]:
     """The per-worker config of a trial and its worker function (``kd_worker``, or ``csd_worker`` for CSD)."""
-    from orchestrator.csd_worker import csd_worker
-    from orchestrator.workers import kd_worker
-
     worker_cfg = json.loads(json.dumps(plan.worker))  # a deep copy that is plain JSON
     worker_cfg["trial_name"] = name
     worker_cfg["student"] = {"arch": plan.student_arch, "knobs": dict(knobs)}  # CSD: the exported student
@@ -347,13 +362,9 @@ def _worker_config(
     return worker_cfg, worker_fn
 
 
-def _fit_trainer(plan: SearchPlan, worker_fn: Any, worker_cfg: dict[str, Any], *, name: str):
+def _fit_trainer(plan: SearchPlan, worker_fn: Any, worker_cfg: dict[str, Any], *, name: str) -> Any:
     """[T3] The trial's TorchTrainer (multi-worker trials, or ``trial_runner: trainer``); its metrics stream to
     Tune through TuneReportCallback."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
-
     scaling = ScalingConfig(
         num_workers=plan.workers_per_trial,
         use_gpu=plan.use_gpu,
@@ -395,52 +406,58 @@ def max_concurrent(plan: SearchPlan, cluster: Mapping[str, float]) -> int:
     return max(1, min(n, plan.num_samples))
 
 
-def make_tuner(plan: SearchPlan, *, callbacks: list | None = None, resume: bool = False):
-    """[T1] The Tuner (fresh, or restored from the job's storage with its searcher state)."""
-    import ray
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-
+def make_tuner(plan: SearchPlan, *, callbacks: list | None = None, resume: bool = False) -> tuple[tune.Tuner, bool]:
+    """[T1] The Tuner (fresh, or restored from the job's storage with its searcher state) and whether it was
+    restored. Each trial runs ``run_trial`` [T2] holding ``trial_resources``."""
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), trial_resources(plan))
-    tune_dir = plan.tune_dir
-    exp_dir = tune_dir / plan.name
+    exp_dir = plan.tune_dir / plan.name
     if resume and tune.Tuner.can_restore(str(exp_dir)):
         return tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, restart_errored=True), True
-    scheduler = None
-    if plan.asha:
-        scheduler = ASHAScheduler(
-            time_attr="step",
-            metric="val_psnr_y",
-            mode="max",
-            max_t=int(plan.worker.get("kd", {}).get("steps", 1000)),
-            grace_period=int(plan.asha.get("grace_period", 1)),
-            reduction_factor=float(plan.asha.get("reduction_factor", 2)),
-        )
-    concurrent = max_concurrent(plan, ray.cluster_resources())
-    tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            search_alg=make_searcher(plan),
-            scheduler=scheduler,
-            num_samples=plan.num_samples,
-            max_concurrent_trials=concurrent,
-            # One-worker trials train in the trial actor: reusing it pays its start and imports once per job.
-            reuse_actors=plan.in_trial,
-            trial_name_creator=lambda t: trial_name(t.config, plan, t.trial_id),
-            trial_dirname_creator=lambda t: trial_name(t.config, plan, t.trial_id),
-        ),
-        run_config=tune.RunConfig(
-            name=plan.name,
-            storage_path=str(tune_dir.resolve()),
-            callbacks=callbacks or [],
-            verbose=0,
-            # An in-trial run is restarted by Tune from its last checkpoint (a TorchTrainer restarts its own group).
-            failure_config=tune.FailureConfig(max_failures=plan.max_failures if plan.in_trial else 0),
-            # Keep every reported checkpoint's latest two (the worker resumes from the last).
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        ),
+    return tune.Tuner(trainable, tune_config=_tune_config(plan), run_config=_run_config(plan, callbacks)), False
+
+
+def _asha(plan: SearchPlan) -> ASHAScheduler | None:
+    """ASHA on the validation PSNR the workers report every ``val_every`` steps (``search.scheduler: asha``)."""
+    if not plan.asha:
+        return None
+    return ASHAScheduler(
+        time_attr="step",
+        metric="val_psnr_y",
+        mode="max",
+        max_t=int(plan.worker.get("kd", {}).get("steps", 1000)),
+        grace_period=int(plan.asha.get("grace_period", 1)),
+        reduction_factor=float(plan.asha.get("reduction_factor", 2)),
     )
-    return tuner, False
+
+
+def _tune_config(plan: SearchPlan) -> tune.TuneConfig:
+    """What the Tuner draws and runs: the searcher, the scheduler and how many trials at once."""
+    scheduler = _asha(plan)
+    concurrent = max_concurrent(plan, ray.cluster_resources())
+    return tune.TuneConfig(
+        search_alg=make_searcher(plan),
+        scheduler=scheduler,
+        num_samples=plan.num_samples,
+        max_concurrent_trials=concurrent,
+        # One-worker trials train in the trial actor: reusing it pays its start and imports once per job.
+        reuse_actors=plan.in_trial,
+        trial_name_creator=lambda t: trial_name(t.config, plan, t.trial_id),
+        trial_dirname_creator=lambda t: trial_name(t.config, plan, t.trial_id),
+    )
+
+
+def _run_config(plan: SearchPlan, callbacks: list | None) -> tune.RunConfig:
+    """Where the search's state lives (``<storage>/tune/<name>``) and how its trials fail and checkpoint."""
+    return tune.RunConfig(
+        name=plan.name,
+        storage_path=str(plan.tune_dir.resolve()),
+        callbacks=callbacks or [],
+        verbose=0,
+        # An in-trial run is restarted by Tune from its last checkpoint (a TorchTrainer restarts its own group).
+        failure_config=tune.FailureConfig(max_failures=plan.max_failures if plan.in_trial else 0),
+        # Keep every reported checkpoint's latest two (the worker resumes from the last).
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+    )
 
 
 def with_plan(plan: SearchPlan, **changes: Any) -> SearchPlan:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import os
 import re
@@ -35,6 +36,9 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
+import orchestrator
+from orchestrator._ray_connect import RAY_ENV
+from search_spaces import load_job_spec
 from sr.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -143,7 +147,7 @@ def connect(address: str | None = None):
     Raises:
         UserError: the Jobs API does not answer, or refuses the token (one line each).
     """
-    from ray.job_submission import JobSubmissionClient
+    from ray.job_submission import JobSubmissionClient  # deferred: ray is heavy; plan_submission never needs it
 
     address = (address or default_address()).rstrip("/")
     _quiet_ray_sdk()
@@ -153,6 +157,7 @@ def connect(address: str | None = None):
 
 def _call(fn: Any, *, address: str, job_id: str | None = None) -> Any:
     """Run one Jobs API call; turn connection, auth and unknown-job failures into one-line UserErrors."""
+    # deferred: ray (and requests, which it brings) are heavy; only a call to the cluster needs them
     import requests
     from ray.exceptions import AuthenticationError
 
@@ -183,15 +188,11 @@ def _call(fn: Any, *, address: str, job_id: str | None = None) -> Any:
 # ------------------------------------------------------------------------------------------------ submission
 def _repo_root() -> Path | None:
     """The source checkout this code runs from (holds pyproject.toml next to the packages), else None."""
-    import orchestrator
-
     root = Path(orchestrator.__file__).resolve().parents[1]
     return root if (root / "pyproject.toml").is_file() and (root / "sr").is_dir() else None
 
 
 def _package_dirs() -> list[str]:
-    import importlib
-
     # __path__, not __file__: an editable install may import search_spaces as a namespace package (no __file__).
     return [str(Path(next(iter(importlib.import_module(p).__path__))).resolve()) for p in _CODE_PACKAGES]
 
@@ -246,9 +247,6 @@ def plan_submission(
     Raises:
         UserError: an invalid spec (its one-line ``file:line: key: ...`` error), or a spec outside working_dir.
     """
-    from orchestrator.job import _RAY_ENV
-    from search_spaces import load_job_spec
-
     spec = load_job_spec(spec_path)
     path = Path(spec_path).resolve()
     repo = _repo_root()
@@ -268,7 +266,7 @@ def plan_submission(
     if wd == Path.home() or wd == Path(wd.anchor):
         raise UserError(f"refusing to upload {wd} as the job's working dir; keep the spec in a project folder")
     env_vars = {
-        **_RAY_ENV,
+        **RAY_ENV,
         "PYTHONUNBUFFERED": "1",  # the job's log is its stdout: stream it as it comes
         **{k: os.environ[k] for k in _FORWARDED_ENV if os.environ.get(k)},
         **_parse_env(env),

@@ -7,6 +7,7 @@ time, not data. Calls are retried with capped exponential backoff until ``deadli
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import time
@@ -31,6 +32,10 @@ PARENT_TAG = "mlflow.parentRunId"
 STATUS_TAG = "srcompress.status"  # completed | stopped-early | infeasible | failed | running
 KIND_TAG = "srcompress.kind"  # search | trial | prune | cache
 JOB_TAG = "srcompress.job"
+
+# _MLFLOW_DEFERRED: mlflow takes seconds to import, and light code paths (``srcompress ui``, a results command
+# resolving its store, ``orchestrator.ui``) import this module for its constants and URI helpers; so mlflow is
+# imported where a call needs it.
 
 
 class TrackingUnavailable(UserError):
@@ -84,7 +89,7 @@ def _retry(fn: Callable[[], T], *, what: str, uri: str, deadline_s: float, first
 
 def _is_transient(exc: Exception) -> bool:
     """Connection problems, server errors and sqlite lock contention are worth retrying; bad requests are not."""
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # deferred: mlflow is heavy (see _MLFLOW_DEFERRED)
 
     text = str(exc).lower()
     if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
@@ -108,8 +113,6 @@ def _init_sqlite_store(client: Any, uri: str) -> None:
     can break one of them mid-migration. The lock serialises that first call across processes."""
     if not uri.startswith("sqlite:///") or uri in _INITIALISED:
         return
-    import fcntl
-
     db = Path(uri[len("sqlite:///") :])
     db.parent.mkdir(parents=True, exist_ok=True)
     with open(db.with_name(db.name + ".init.lock"), "w") as lock:
@@ -127,7 +130,7 @@ class Tracker:
     """A thin, retrying wrapper over ``MlflowClient`` for the calls srcompress makes."""
 
     def __init__(self, uri: str, *, deadline_s: float = 120.0) -> None:
-        from mlflow.tracking import MlflowClient
+        from mlflow.tracking import MlflowClient  # deferred: mlflow is heavy (see _MLFLOW_DEFERRED)
 
         self.uri = uri
         self.deadline_s = deadline_s
@@ -189,7 +192,7 @@ class Tracker:
 
     # -- logging ----------------------------------------------------------------------------------------------
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
-        from mlflow.entities import Param
+        from mlflow.entities import Param  # deferred: mlflow is heavy (see _MLFLOW_DEFERRED)
 
         items = [Param(str(k), str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
@@ -197,7 +200,7 @@ class Tracker:
             self._call("log params", lambda c=chunk: self.client.log_batch(run_id, params=c))
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], *, step: int = 0) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # deferred: mlflow is heavy (see _MLFLOW_DEFERRED)
 
         now = int(time.time() * 1000)
         items = [
@@ -209,7 +212,7 @@ class Tracker:
             self._call("log metrics", lambda: self.client.log_batch(run_id, metrics=items))
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
-        from mlflow.entities import RunTag
+        from mlflow.entities import RunTag  # deferred: mlflow is heavy (see _MLFLOW_DEFERRED)
 
         items = [RunTag(str(k), str(v)) for k, v in tags.items()]
         self._call("set tags", lambda: self.client.log_batch(run_id, tags=items))

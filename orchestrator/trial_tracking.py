@@ -1,6 +1,11 @@
 """MLflow child runs of search trials: opened by the trial, closed by the trial or, if Tune stopped it, by the
 driver's ``TrialStatusCallback``. A trial that is restarted (driver resume, retry) reuses its run, found by the
-Ray trial id tag, so nothing is duplicated."""
+Ray trial id tag, so nothing is duplicated.
+
+``orchestrator.search`` calls this module, never the other way: what a run records about a draw (its name, model
+knobs and KD settings) is computed by the caller. ``plan`` is an ``orchestrator.search.SearchPlan`` (typed ``Any``
+here so the dependency stays one-way).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,10 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from ray.tune import Callback
+
 from orchestrator.tracking import KIND_TAG, STATUS_TAG, Tracker
-from search_spaces import CSD_DIMS, KD_DIMS, student_knobs
+from sr.models import family_of
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +69,6 @@ def open_trial_run(
             tags[STATUS_TAG] = "interrupted"
             tracker.end_run(existing.info.run_id, "KILLED")
         tracker.set_tags(existing.info.run_id, tags)
-    from sr.models import family_of
-
     run_id = tracker.start_run(
         exp,
         name,
@@ -122,14 +127,20 @@ ANSWERED_TAG = "srcompress.answered_by"
 
 
 def record_answered_draw(
-    plan: Any, draw_id: str, config: Mapping[str, Any], *, reason: str, answered: Mapping[str, int]
+    plan: Any,
+    draw_id: str,
+    config: Mapping[str, Any],
+    *,
+    name: str,
+    knobs: Mapping[str, Any],
+    kd: Mapping[str, Any],
+    reason: str,
+    answered: Mapping[str, int],
 ) -> None:
     """A draw the searcher answered itself (``skip_infeasible`` / ``dedupe``): an over-budget one gets a child run
-    with status ``infeasible`` (priced, never trained), so every sampled configuration stays visible; a duplicate
-    or a repeated infeasible draw (``reason="repeat"``) gets none (its twin is on record). All are counted on the
-    parent run (``draws_answered_*``)."""
-    from orchestrator.search import trial_name
-
+    ``name`` with status ``infeasible`` (priced, never trained), so every sampled configuration stays visible; a
+    duplicate or a repeated infeasible draw (``reason="repeat"``) gets none (its twin is on record). All are counted
+    on the parent run (``draws_answered_*``)."""
     tracker = _tracker(plan)
     if tracker is None:
         return
@@ -137,18 +148,7 @@ def record_answered_draw(
     if reason == "infeasible":
         existing = find_trial_run(tracker, exp, parent, draw_id)
         if existing is None or existing.data.tags.get(STATUS_TAG) not in TERMINAL:
-            kd = {k: config[k] for k in (*KD_DIMS, *CSD_DIMS) if k in config}
-            name = trial_name(config, plan, "") + draw_id.replace("_", "")  # edsr_C32L1B8_x2_kd_draw00012
-            run_id = open_trial_run(
-                plan,
-                trial_id=draw_id,
-                name=name,
-                knobs=student_knobs(
-                    config, arch=plan.student_arch, scale=plan.scale, method=plan.worker.get("method", "kd")
-                ),
-                kd=kd,
-                config=config,
-            )
+            run_id = open_trial_run(plan, trial_id=draw_id, name=name, knobs=knobs, kd=kd, config=config)
             tracker.set_tags(run_id, {ANSWERED_TAG: "searcher"})
             close_trial_run(plan, run_id, status="infeasible", metrics=dict(config.get("_price") or {}))
             print(
@@ -157,48 +157,51 @@ def record_answered_draw(
     tracker.log_metrics(parent, {f"draws_answered_{k}": v for k, v in answered.items()})
 
 
-def make_status_callback(plan: Any):
+class TrialStatusCallback(Callback):
     """A Tune Callback on the driver that closes runs Tune ended itself (ASHA stop -> stopped-early, error ->
     failed), keeping the trial's last metrics, and prints one progress line per finished trial."""
-    from ray.tune import Callback
 
-    class TrialStatusCallback(Callback):
-        def __init__(self) -> None:
-            self.counts = {s: 0 for s in TERMINAL}
+    def __init__(self, plan: Any) -> None:
+        self.plan = plan
+        self.counts = {s: 0 for s in TERMINAL}
 
-        def _close(self, trial: Any, status: str) -> None:
-            result = dict(trial.last_result or {})
-            if result.get("infeasible"):
-                status = "infeasible"
-            elif status == "completed" and result.get("done_training") != 1:
-                # Tune stopped it (ASHA) before its TorchTrainer finished.
-                status = "stopped-early"
-            tracker = _tracker(plan)
-            if tracker is not None:
-                run = find_trial_run(
-                    tracker,
-                    plan.tracking["experiment_id"],
-                    plan.tracking["parent_run_id"],
-                    trial_key(trial.trial_id, trial.config),
-                )
-                if run is not None and run.data.tags.get(STATUS_TAG) not in TERMINAL:
-                    close_trial_run(plan, run.info.run_id, status=status, metrics=result)
-                elif run is not None:
-                    status = run.data.tags.get(STATUS_TAG, status)
-            self.counts[status] = self.counts.get(status, 0) + 1
-            psnr = result.get("psnr_y")
-            seed_mark = " (paper rule)" if trial.config.get("_paper_rule") else ""
-            print(
-                f"[srcompress] trial {str(trial)[:34]:<34} {status:<13}{seed_mark} "
-                f"psnr_y={psnr if psnr is None else round(float(psnr), 3)} "
-                f"params={result.get('params')} | done: " + ", ".join(f"{k} {v}" for k, v in self.counts.items() if v),
-                flush=True,
+    def _close(self, trial: Any, status: str) -> None:
+        plan = self.plan
+        result = dict(trial.last_result or {})
+        if result.get("infeasible"):
+            status = "infeasible"
+        elif status == "completed" and result.get("done_training") != 1:
+            # Tune stopped it (ASHA) before its TorchTrainer finished.
+            status = "stopped-early"
+        tracker = _tracker(plan)
+        if tracker is not None:
+            run = find_trial_run(
+                tracker,
+                plan.tracking["experiment_id"],
+                plan.tracking["parent_run_id"],
+                trial_key(trial.trial_id, trial.config),
             )
+            if run is not None and run.data.tags.get(STATUS_TAG) not in TERMINAL:
+                close_trial_run(plan, run.info.run_id, status=status, metrics=result)
+            elif run is not None:
+                status = run.data.tags.get(STATUS_TAG, status)
+        self.counts[status] = self.counts.get(status, 0) + 1
+        psnr = result.get("psnr_y")
+        seed_mark = " (paper rule)" if trial.config.get("_paper_rule") else ""
+        print(
+            f"[srcompress] trial {str(trial)[:34]:<34} {status:<13}{seed_mark} "
+            f"psnr_y={psnr if psnr is None else round(float(psnr), 3)} "
+            f"params={result.get('params')} | done: " + ", ".join(f"{k} {v}" for k, v in self.counts.items() if v),
+            flush=True,
+        )
 
-        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self._close(trial, "completed")
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._close(trial, "completed")
 
-        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self._close(trial, "failed")
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._close(trial, "failed")
 
-    return TrialStatusCallback()
+
+def make_status_callback(plan: Any) -> TrialStatusCallback:
+    """The driver's ``TrialStatusCallback`` for ``plan``'s trials."""
+    return TrialStatusCallback(plan)

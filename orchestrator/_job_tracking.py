@@ -1,0 +1,89 @@
+"""The MLflow side of a job: its experiment and parent run, one child run per finished stage, and the closing
+count and Pareto tagging ([J7])."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from orchestrator._job_state import JobState
+from orchestrator.pareto import mark_pareto, pareto_models, query_trials
+from orchestrator.registry import register_pareto_models
+from orchestrator.tracking import JOB_TAG, KIND_TAG, STATUS_TAG, Tracker, default_artifact_root
+from orchestrator.workers import load_model
+from sr.budget import price
+from sr.evaluate import evaluate_bicubic, evaluate_model
+
+
+def open_parent_run(tracker: Tracker, spec: Any, state: JobState, *, out: Path) -> str:
+    """The job's experiment id; starts the search's parent run unless ``state`` has one (a resumed job)."""
+    exp_id = tracker.experiment_id(
+        spec.experiment_name,
+        artifact_location=None if tracker.uri.startswith("http") else default_artifact_root(out),
+    )
+    if state.parent_run_id is None:
+        state.parent_run_id = tracker.start_run(
+            exp_id, f"search_{spec.name}", tags={KIND_TAG: "search", STATUS_TAG: "running", JOB_TAG: spec.name}
+        )
+        tracker.log_params(state.parent_run_id, spec.to_flat_dict())
+        if spec.source:
+            tracker.log_artifact(state.parent_run_id, spec.source, "job")
+    state.experiment_id = exp_id
+    return exp_id
+
+
+def log_reference_runs(
+    tracker: Tracker, exp_id: str, parent: str, teacher: dict[str, Any], pairs: Any, *, scale: int
+) -> None:
+    """Teacher and bicubic on the validation ``pairs`` as child runs: the report's reference markers."""
+    t_model = load_model(teacher)
+    t_res = evaluate_model(t_model, pairs, scale=scale)
+    p = price(teacher["arch"], **teacher["knobs"])
+    for kind, name, res, extra in (
+        ("teacher", f"teacher_{teacher['arch']}_x{scale}", t_res, p.as_dict()),
+        ("bicubic", f"bicubic_x{scale}", evaluate_bicubic(pairs, scale=scale), {"params": 0}),
+    ):
+        run_id = tracker.start_run(exp_id, name, parent_run_id=parent, tags={KIND_TAG: kind, STATUS_TAG: "completed"})
+        tracker.log_metrics(run_id, {"psnr_y": res.psnr_y, "ssim_y": res.ssim_y, **extra})
+        tracker.log_params(run_id, {"arch": teacher["arch"] if kind == "teacher" else "bicubic"})
+        tracker.end_run(run_id)
+    print(f"[srcompress] teacher {teacher['arch']}: psnr_y {t_res.psnr_y:.3f} on the validation set", flush=True)
+
+
+def log_stage_run(tracker: Tracker, exp_id: str, parent: str, kind: str, params: dict, metrics: dict) -> None:
+    """A completed child run for a finished stage (``prune``, ``cache``)."""
+    run_id = tracker.start_run(exp_id, kind, parent_run_id=parent, tags={KIND_TAG: kind, STATUS_TAG: "completed"})
+    tracker.log_params(run_id, params)
+    tracker.log_metrics(run_id, metrics)
+    tracker.end_run(run_id)
+
+
+def finish(spec: Any, plan: Any, tracker: Tracker, exp_id: str, parent: str, results: Any, out: Path) -> dict:
+    """Counts, Pareto tagging and the final table."""
+    df = query_trials(tracker, spec.experiment_name)
+    if "parent_run_id" in df.columns:
+        df = df[df["parent_run_id"] == parent]
+    if len(df) and "status" in df.columns:
+        # Every trial has ended once the Tuner returns: a run still "running" lost its trial (a driver killed
+        # before Tune snapshotted it; the resumed search drew it again under a new run). Record it as such.
+        for run_id in df.loc[df["status"] == "running", "run_id"]:
+            tracker.set_tags(run_id, {STATUS_TAG: "interrupted"})
+            tracker.end_run(run_id, "KILLED")
+        df = df.assign(status=df["status"].replace({"running": "interrupted"}))
+    counts = df["status"].value_counts().to_dict() if len(df) else {}
+    objectives = [f"{k}:{m}" for k, m in plan.objectives]
+    front = pareto_models(df, objectives=",".join(objectives)) if len(df) else df
+    mark_pareto(tracker, spec.experiment_name, parent, ",".join(objectives))
+    if len(front):
+        # Pareto members become registered (folded) models, tagged with their architecture and metrics.
+        registered = register_pareto_models(tracker, spec.experiment_name, parent, objectives=",".join(objectives))
+        uris = {r["run_id"]: r.get("model_uri") for r in registered}
+        front = front.assign(model_uri=[uris.get(i) for i in front["run_id"]])
+    tracker.log_metrics(parent, {f"trials_{k.replace('-', '_')}": v for k, v in counts.items()})
+    # Over-budget draws the searcher answered itself are MLflow runs but not Ray trials.
+    ray_infeasible = sum(1 for r in results if (getattr(r, "metrics", None) or {}).get("infeasible"))
+    answered = max(0, int(counts.get("infeasible", 0)) - ray_infeasible)
+    return {"counts": counts, "front": front, "trials": df, "ray_trials": len(results), "answered": answered}
+
+
+__all__ = ["finish", "log_reference_runs", "log_stage_run", "open_parent_run"]
