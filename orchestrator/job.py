@@ -659,7 +659,7 @@ def paper_allocation(spec: Any, teacher: dict[str, Any], density: float) -> dict
 
 def finish(spec: Any, plan: Any, tracker: Any, exp_id: str, parent: str, results: Any, out: Path) -> dict:
     """Counts, Pareto tagging and the final table."""
-    from orchestrator.pareto import mark_pareto, pareto_models, query_trials
+    from orchestrator.results.pareto import mark_pareto, pareto_models, query_trials
 
     df = query_trials(tracker, spec.experiment_name)
     if "parent_run_id" in df.columns:
@@ -678,7 +678,7 @@ def finish(spec: Any, plan: Any, tracker: Any, exp_id: str, parent: str, results
     front = pareto_models(df, objectives=",".join(objectives)) if len(df) else df
     mark_pareto(tracker, spec.experiment_name, parent, ",".join(objectives))
     if len(front):
-        from orchestrator.registry import register_pareto_models
+        from orchestrator.results.model_registry import register_pareto_models
 
         # Pareto members become registered (folded) models, tagged with their architecture and metrics.
         registered = register_pareto_models(tracker, spec.experiment_name, parent, objectives=",".join(objectives))

@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator.pareto import (
+from orchestrator.results.pareto import (
     hypervolume_2d,
     hypervolume_history,
     mark_pareto,
@@ -25,8 +25,8 @@ from orchestrator.pareto import (
     query_references,
     query_trials,
 )
+from orchestrator.results.table import TRIALS_SCHEMA, read_trials_parquet, write_trials_parquet
 from orchestrator.tracking import KIND_TAG, STATUS_TAG, Tracker
-from orchestrator.trials_table import TRIALS_SCHEMA, read_trials_parquet, write_trials_parquet
 from sr.errors import UserError
 
 

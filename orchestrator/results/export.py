@@ -23,7 +23,11 @@ import torch
 from torch import nn
 
 from orchestrator.tracking import Tracker
+from sr.checkpoint import load_weights
+from sr.complexity import count_params
 from sr.errors import UserError
+from sr.models import arch_tag, build
+from sr.reparam import deploy_model
 
 ExportFormat = Literal["pt2", "onnx"]
 
@@ -41,7 +45,7 @@ def _tracker(tracker_or_uri: Tracker | str) -> Tracker:
 
 
 def _download(tracker: Tracker, run_id: str, artifact: str, dst: str) -> Path:
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # deferred: mlflow is heavy; exporting from a file needs none
 
     try:
         return Path(
@@ -55,7 +59,7 @@ def _download(tracker: Tracker, run_id: str, artifact: str, dst: str) -> Path:
 
 
 def _get_run(tracker: Tracker, run_id: str) -> Any:
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # deferred: mlflow is heavy; exporting from a file needs none
 
     try:
         return tracker._call("get run", lambda: tracker.client.get_run(run_id))
@@ -77,11 +81,6 @@ def load_run_model(tracker_or_uri: Tracker | str, run_id: str) -> tuple[nn.Modul
     Raises:
         UserError: unknown run, missing artifacts, or a config without ``student.arch``.
     """
-    from sr.checkpoint import load_weights
-    from sr.complexity import count_params
-    from sr.models import arch_tag, build
-    from sr.reparam import deploy_model
-
     tracker = _tracker(tracker_or_uri)
     run = _get_run(tracker, run_id)
     with tempfile.TemporaryDirectory(prefix="srcompress_load_") as tmp:
@@ -112,7 +111,7 @@ def load_run_model(tracker_or_uri: Tracker | str, run_id: str) -> tuple[nn.Modul
 def run_id_of_uri(uri: str, *, tracker: Tracker) -> str:
     """The source run id behind ``models:/NAME/VERSION``, ``models:/NAME@ALIAS``, ``models:/m-<id>``,
     ``runs:/<id>/...`` or a bare run id."""
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # deferred: mlflow is heavy; exporting from a file needs none
 
     uri = uri.strip()
     if _RUN_ID_RE.match(uri):
@@ -156,7 +155,7 @@ def load_model_uri(uri: str, *, tracking_uri: Tracker | str | None = None) -> tu
     The URI is resolved to its source trial run, whose checkpoint is loaded as in :func:`load_run_model`; the
     pickled copy that ``mlflow.pytorch.log_model`` stored is not unpickled.
     """
-    import mlflow
+    import mlflow  # deferred: mlflow is heavy; exporting from a file needs none
 
     tracker = _tracker(tracking_uri if tracking_uri is not None else mlflow.get_tracking_uri())
     model, meta = load_run_model(tracker, run_id_of_uri(uri, tracker=tracker))
@@ -203,7 +202,7 @@ def _range_text(ep: Any) -> str:
 
 def require_onnx() -> None:
     try:
-        import onnx  # noqa: F401
+        import onnx  # noqa: F401  (deferred: an optional dependency)
     except ImportError:
         raise UserError("ONNX export needs the onnx package; pip install onnx, or use --format pt2") from None
 
@@ -234,8 +233,6 @@ def export_model(
     Raises:
         UserError: unknown format, onnx missing, or an exported program that differs from eager.
     """
-    from sr.complexity import count_params
-
     if fmt not in ("pt2", "onnx"):
         raise UserError(f"export format {fmt!r} is not known; use pt2 or onnx")
     if fmt == "onnx":
@@ -318,7 +315,7 @@ def _write_onnx(
     ep: Any, out_path: Path, x: torch.Tensor, ref: torch.Tensor, *, atol: float, dynamic: bool
 ) -> dict[str, Any]:
     """ONNX via the dynamo exporter from the verified program; re-checked with onnxruntime when installed."""
-    import onnx
+    import onnx  # deferred: an optional dependency
 
     tmp = _tmp_beside(out_path)
     try:
@@ -332,7 +329,7 @@ def _write_onnx(
         onnx.checker.check_model(str(tmp))
         info: dict[str, Any] = {"reloaded_max_abs_diff": None}
         try:
-            import onnxruntime as ort
+            import onnxruntime as ort  # deferred: an optional dependency
         except ImportError:
             info["note_onnx"] = "structure checked with onnx.checker; install onnxruntime to re-check the numbers"
         else:

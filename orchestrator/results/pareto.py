@@ -3,7 +3,9 @@
 The pure part (``pareto_mask``, ``hypervolume_2d``, ``hypervolume_history``) works on plain arrays for any mix of
 maximised and minimised objectives. The MLflow part reads the trial child runs of an experiment into one
 DataFrame (``query_trials``), picks the Pareto-optimal models under budgets (``pareto_models``) and tags the
-trial runs with ``pareto=true|false`` (``mark_pareto``).
+trial runs with ``pareto=true|false`` (``mark_pareto``). ``search_front`` is "the front of a search": one
+search's trials from MLflow and their Pareto-optimal models, which the CLI, the report, the model registry and
+``mark_pareto`` all read.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -488,6 +491,49 @@ def pareto_models(
     return front[cols].reset_index(drop=True)
 
 
+def search_trials(tracker_or_uri: Tracker | str, experiment: str, parent_run_id: str | None = None) -> pd.DataFrame:
+    """``query_trials``, restricted to the children of ``parent_run_id`` (one search) when it is given."""
+    df = query_trials(tracker_or_uri, experiment)
+    if parent_run_id is not None:
+        df = df[df["parent_run_id"] == parent_run_id]
+    return df
+
+
+@dataclass(frozen=True, eq=False)
+class SearchFront:
+    """A search's trials (every one considered) and its Pareto-optimal models among them."""
+
+    trials: pd.DataFrame
+    front: pd.DataFrame
+
+
+def search_front(
+    tracker_or_uri: Tracker | str,
+    experiment: str,
+    parent_run_id: str | None = None,
+    *,
+    objectives: str | Sequence[Objective] = DEFAULT_OBJECTIVES,
+    max_params: float | None = None,
+    max_macs: float | None = None,
+    max_latency_ms: float | None = None,
+    device: str | None = None,
+) -> SearchFront:
+    """The front of a search: its trials read from MLflow, then ``pareto_models`` under the budgets.
+
+    Without ``parent_run_id`` every trial of the experiment counts.
+    """
+    df = search_trials(tracker_or_uri, experiment, parent_run_id)
+    front = pareto_models(
+        df,
+        objectives=objectives,
+        max_params=max_params,
+        max_macs=max_macs,
+        max_latency_ms=max_latency_ms,
+        device=device,
+    )
+    return SearchFront(trials=df, front=front)
+
+
 def mark_pareto(
     tracker: Tracker | str,
     experiment: str,
@@ -501,17 +547,17 @@ def mark_pareto(
 ) -> list[str]:
     """Tag every trial child of ``parent_run_id`` with ``pareto=true|false``; returns the front's run ids."""
     tracker = _tracker(tracker)
-    df = query_trials(tracker, experiment)
-    df = df[df["parent_run_id"] == parent_run_id]
-    front = pareto_models(
-        df,
+    found = search_front(
+        tracker,
+        experiment,
+        parent_run_id,
         objectives=objectives,
         max_params=max_params,
         max_macs=max_macs,
         max_latency_ms=max_latency_ms,
         device=device,
     )
-    on_front = set(front["run_id"])
-    for run_id in df["run_id"]:
+    on_front = set(found.front["run_id"])
+    for run_id in found.trials["run_id"]:
         tracker.set_tags(run_id, {"pareto": "true" if run_id in on_front else "false"})
-    return list(front["run_id"])
+    return list(found.front["run_id"])
