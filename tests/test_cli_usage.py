@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import orchestrator.cli.core
-from orchestrator.cli import COMMANDS, app, main
+from orchestrator.cli import commands, get_app, main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,14 +52,15 @@ def test_ctrl_c_exits_130_with_one_line(monkeypatch, capsys):
 def test_help_exits_0_and_lists_every_command_in_order(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    commands = out.split(" Commands ", 1)[1]
-    listed = [m.group(1) for m in re.finditer(r"^\W+([a-z]+)  ", commands, flags=re.MULTILINE)]
-    assert listed == [name for name, _ in COMMANDS]
+    section = out.split(" Commands ", 1)[1]
+    listed = [m.group(1) for m in re.finditer(r"^\W+([a-z]+)  ", section, flags=re.MULTILINE)]
+    assert listed == [name for name, _ in commands()]
 
 
 def test_every_command_is_registered_once_from_the_list():
-    registered = [c.name for c in app.registered_commands]
-    assert registered == [name for name, _ in COMMANDS]
+    get_app()
+    registered = [c.name for c in get_app().registered_commands]  # a second call registers nothing again
+    assert registered == [name for name, _ in commands()]
     assert len(set(registered)) == len(registered)
     assert {"complexity", "eval", "run", "pareto", "export", "submit", "prune", "compress"} <= set(registered)
 
@@ -74,6 +75,13 @@ def test_command_modules_do_not_import_the_package():
                 raise AssertionError(f"{path.relative_to(REPO)} imports orchestrator.cli; use orchestrator.cli._common")
             if isinstance(node, ast.ImportFrom) and node.module == "orchestrator":
                 assert "cli" not in {a.name for a in node.names}, path
+
+
+def test_cli_method_imported_first_still_registers():
+    """``orchestrator.cli_method`` (outside the package) imports ``orchestrator.cli._common``: any order works."""
+    code = "import orchestrator.cli_method as m, orchestrator.cli as c; raise SystemExit(c.main(['prune', '--help']))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
 
 
 @pytest.mark.parametrize("module", ["orchestrator", "orchestrator.cli"])

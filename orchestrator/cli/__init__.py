@@ -3,7 +3,8 @@
 Every user-caused error is one line on stderr (cause, then fix) with exit code 2, usage errors included (an
 unknown option, a bad value, a missing one); ``--debug`` (anywhere on the command line) or ``SRCOMPRESS_DEBUG=1``
 shows the traceback instead. Ctrl-C exits 130. The command modules (``core``, ``choose``, ``cluster`` and
-``orchestrator.cli_method``) define plain functions; this module registers them on ``app`` in one list. Heavy
+``orchestrator.cli_method``) define plain functions; this module registers them on ``app`` from one list
+(``commands()``) and no command module imports it. Heavy
 imports (torch, ray, mlflow) happen inside the commands that need them so that ``srcompress`` starts fast.
 """
 
@@ -32,7 +33,9 @@ __all__ = [
     "_fmt_int",
     "_print_table",
     "app",
+    "commands",
     "complexity_row",
+    "get_app",
     "load_model",
     "main",
     "parse_knobs",
@@ -46,27 +49,37 @@ app = typer.Typer(
     help="Compress super-resolution models and search for compact ones on Ray.",
 )
 
-# Every command, in the order `srcompress --help` lists them.
-COMMANDS: tuple[tuple[str, Callable[..., Any]], ...] = (
-    ("complexity", core.complexity),
-    ("eval", core.eval_),
-    ("allocate", core.allocate),
-    ("run", core.run),
-    ("pareto", choose.pareto),
-    ("report", choose.report),
-    ("table", choose.table),
-    ("export", choose.export),
-    ("ui", choose.ui),
-    ("submit", cluster.submit),
-    ("status", cluster.status),
-    ("logs", cluster.logs),
-    ("stop", cluster.stop),
-    ("prune", cli_method.prune),
-    ("distill", cli_method.distill),
-    ("compress", cli_method.compress),
-)
-for _name, _fn in COMMANDS:
-    app.command(_name)(_fn)
+
+def commands() -> tuple[tuple[str, Callable[..., Any]], ...]:
+    """Every command as ``(name, function)``, in the order ``srcompress --help`` lists them."""
+    return (
+        ("complexity", core.complexity),
+        ("eval", core.eval_),
+        ("allocate", core.allocate),
+        ("run", core.run),
+        ("pareto", choose.pareto),
+        ("report", choose.report),
+        ("table", choose.table),
+        ("export", choose.export),
+        ("ui", choose.ui),
+        ("submit", cluster.submit),
+        ("status", cluster.status),
+        ("logs", cluster.logs),
+        ("stop", cluster.stop),
+        ("prune", cli_method.prune),
+        ("distill", cli_method.distill),
+        ("compress", cli_method.compress),
+    )
+
+
+def get_app() -> typer.Typer:
+    """``app`` with every command of ``commands()`` registered on it (once)."""
+    # Registered on first use rather than at import: orchestrator.cli_method, outside this package until it moves
+    # in, imports the shared helpers from orchestrator.cli._common, so it may still be half-imported here.
+    if not app.registered_commands:
+        for name, fn in commands():
+            app.command(name)(fn)
+    return app
 
 
 # ------------------------------------------------------------------------------------------------------- entry
@@ -81,7 +94,7 @@ def _wants_debug(argv: list[str]) -> tuple[bool, list[str]]:
 def _dispatch(args: list[str]) -> int:
     # make_context + invoke rather than app(standalone_mode=False): typer's main turns Ctrl-C into a silent
     # Exit(130) and prints usage errors itself; here main() sees every exception and words it as one line.
-    command = typer.main.get_command(app)
+    command = typer.main.get_command(get_app())
     with command.make_context("srcompress", args) as ctx:
         rv = command.invoke(ctx)
     return rv if isinstance(rv, int) else 0

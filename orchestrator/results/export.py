@@ -22,6 +22,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from orchestrator.results._store import as_tracker
 from orchestrator.tracking import Tracker
 from sr.checkpoint import load_weights
 from sr.complexity import count_params
@@ -40,10 +41,6 @@ WEIGHTS_ARTIFACT = "checkpoint/weights.pth"
 
 
 # --------------------------------------------------------------------------------------------- loading
-def _tracker(tracker_or_uri: Tracker | str) -> Tracker:
-    return tracker_or_uri if isinstance(tracker_or_uri, Tracker) else Tracker(str(tracker_or_uri))
-
-
 def _download(tracker: Tracker, run_id: str, artifact: str, dst: str) -> Path:
     from mlflow.exceptions import MlflowException  # deferred: mlflow is heavy; exporting from a file needs none
 
@@ -81,7 +78,7 @@ def load_run_model(tracker_or_uri: Tracker | str, run_id: str) -> tuple[nn.Modul
     Raises:
         UserError: unknown run, missing artifacts, or a config without ``student.arch``.
     """
-    tracker = _tracker(tracker_or_uri)
+    tracker = as_tracker(tracker_or_uri)
     run = _get_run(tracker, run_id)
     with tempfile.TemporaryDirectory(prefix="srcompress_load_") as tmp:
         cfg_path = _download(tracker, run_id, CONFIG_ARTIFACT, tmp)
@@ -157,7 +154,7 @@ def load_model_uri(uri: str, *, tracking_uri: Tracker | str | None = None) -> tu
     """
     import mlflow  # deferred: mlflow is heavy; exporting from a file needs none
 
-    tracker = _tracker(tracking_uri if tracking_uri is not None else mlflow.get_tracking_uri())
+    tracker = as_tracker(tracking_uri if tracking_uri is not None else mlflow.get_tracking_uri())
     model, meta = load_run_model(tracker, run_id_of_uri(uri, tracker=tracker))
     return model, {**meta, "uri": uri}
 

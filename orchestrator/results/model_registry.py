@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from orchestrator.results._store import as_tracker
 from orchestrator.results.export import load_run_model
 from orchestrator.results.pareto import DEFAULT_OBJECTIVES, Objective, search_front
 from orchestrator.tracking import Tracker
@@ -164,7 +165,7 @@ def register_pareto_models(
     """
     if max_models < 1:
         raise UserError(f"max_models={max_models} registers nothing; give 1 or more")
-    tracker = tracker if isinstance(tracker, Tracker) else Tracker(str(tracker))
+    tracker = as_tracker(tracker)
     name = registered_name or default_registered_name(experiment)
     front = search_front(
         tracker,

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
+from orchestrator.results._store import as_tracker
 from orchestrator.tracking import KIND_TAG, PARENT_TAG, STATUS_TAG, Tracker
 from sr.errors import ConfigError, UserError
 
@@ -243,10 +244,6 @@ def parse_size(text: str | int | float) -> int:
 
 
 # ------------------------------------------------------------------------------------------ reading MLflow
-def _tracker(tracker_or_uri: Tracker | str) -> Tracker:
-    return tracker_or_uri if isinstance(tracker_or_uri, Tracker) else Tracker(str(tracker_or_uri))
-
-
 def _experiment_id(tracker: Tracker, experiment: str) -> str:
     """Experiment id from a name, or from an id when no experiment has that name."""
     try:
@@ -344,7 +341,7 @@ def query_trials(tracker_or_uri: Tracker | str, experiment: str) -> pd.DataFrame
     columns are nullable ``Int64``, paper_rule and pareto nullable ``boolean``; missing values are NA. Works with
     any tracking URI (sqlite file or a remote ``http(s)://`` server).
     """
-    tracker = _tracker(tracker_or_uri)
+    tracker = as_tracker(tracker_or_uri)
     exp_id = _experiment_id(tracker, experiment)
     runs = search_all_runs(tracker, exp_id, f"tags.`{KIND_TAG}` = 'trial'")
     df = _typed_frame([_trial_row(r) for r in runs], TRIAL_COLUMNS)
@@ -355,7 +352,7 @@ def query_trials(tracker_or_uri: Tracker | str, experiment: str) -> pd.DataFrame
 
 def query_references(tracker_or_uri: Tracker | str, experiment: str) -> pd.DataFrame:
     """The teacher and bicubic reference child runs of an experiment (columns ``REFERENCE_COLUMNS``)."""
-    tracker = _tracker(tracker_or_uri)
+    tracker = as_tracker(tracker_or_uri)
     exp_id = _experiment_id(tracker, experiment)
     # MLflow's filter grammar has no IN for tags: one search per kind.
     runs = [r for kind in REFERENCE_KINDS for r in search_all_runs(tracker, exp_id, f"tags.`{KIND_TAG}` = '{kind}'")]
@@ -379,7 +376,7 @@ def query_references(tracker_or_uri: Tracker | str, experiment: str) -> pd.DataF
 
 def latest_search_run(tracker_or_uri: Tracker | str, experiment: str) -> str | None:
     """Run id of the most recently started search parent run (tag ``srcompress.kind=search``), if any."""
-    tracker = _tracker(tracker_or_uri)
+    tracker = as_tracker(tracker_or_uri)
     runs = search_all_runs(tracker, _experiment_id(tracker, experiment), f"tags.`{KIND_TAG}` = 'search'")
     return runs[-1].info.run_id if runs else None
 
@@ -546,7 +543,7 @@ def mark_pareto(
     device: str | None = None,
 ) -> list[str]:
     """Tag every trial child of ``parent_run_id`` with ``pareto=true|false``; returns the front's run ids."""
-    tracker = _tracker(tracker)
+    tracker = as_tracker(tracker)
     found = search_front(
         tracker,
         experiment,

@@ -17,6 +17,7 @@ import pandas as pd
 
 from orchestrator.results._figures import _hypervolume_figure, _num, _png, _tradeoff_figure
 from orchestrator.results._page import STATUS_ORDER, _page
+from orchestrator.results._store import as_tracker
 from orchestrator.results.pareto import (
     DEFAULT_OBJECTIVES,
     Objective,
@@ -217,7 +218,7 @@ def report_for_experiment(
     Returns:
         The HTML path.
     """
-    tracker = uri if isinstance(uri, Tracker) else Tracker(str(uri))
+    tracker = as_tracker(uri)
     df = search_trials(tracker, experiment, parent_run_id).reset_index(drop=True)
     refs = query_references(tracker, experiment)
     if parent_run_id is not None:
