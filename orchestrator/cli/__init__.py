@@ -4,8 +4,8 @@ Every user-caused error is one line on stderr (cause, then fix) with exit code 2
 unknown option, a bad value, a missing one); ``--debug`` (anywhere on the command line) or ``SRCOMPRESS_DEBUG=1``
 shows the traceback instead. Ctrl-C exits 130. The command modules (``core``, ``choose``, ``cluster`` and
 ``orchestrator.cli_method``) define plain functions; this module registers them on ``app`` from one list
-(``commands()``) and no command module imports it. Heavy
-imports (torch, ray, mlflow) happen inside the commands that need them so that ``srcompress`` starts fast.
+(``commands()``) and no command module imports it. Heavy imports (torch, ray, mlflow) happen inside the
+commands that need them so that ``srcompress`` starts fast.
 """
 
 from __future__ import annotations
