@@ -13,7 +13,7 @@ trial itself and draws again, so each trial is a new feasible configuration, ans
 
 Figures: the hypervolume (HV) of the feasible front after each trial, objectives PSNR_Y (max) and 720p MACs (min),
 against one fixed reference point (the worst feasible values of the whole table pushed out by 5% of their range,
-``orchestrator.pareto.reference_point``), normalised by the box between the reference and the ideal point (best
+``orchestrator.results.pareto.reference_point``), normalised by the box between the reference and the ideal point (best
 feasible PSNR, fewest feasible MACs) so 1.0 is unreachable and the whole table's front gives its upper bound.
 Per algorithm, with and without the paper seed, over ``--seeds`` sampler seeds: the mean (and std) HV at 8, 16, 24,
 32 and 48 trials, the trials at which the mean curve first reaches the target, the share of seeds reaching it by
@@ -47,7 +47,7 @@ import numpy as np
 import pandas as pd
 
 from bench._common import REPO, bench_main, log, make_parser
-from orchestrator.pareto import hypervolume_2d, hypervolume_history, pareto_mask, reference_point
+from orchestrator.results.pareto import hypervolume_2d, hypervolume_history, pareto_mask, reference_point
 from orchestrator.search import INFEASIBLE_PSNR, SearchPlan, make_searcher, sampler_settings
 from search_spaces import clamp_to_space, parse_size
 from sr.budget import Budget, is_feasible, price

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator._job_state import JobState
-from orchestrator.pareto import mark_pareto, pareto_models, query_trials
-from orchestrator.registry import register_pareto_models
+from orchestrator.results.model_registry import register_pareto_models
+from orchestrator.results.pareto import mark_pareto, pareto_models, query_trials
 from orchestrator.tracking import JOB_TAG, KIND_TAG, STATUS_TAG, Tracker, default_artifact_root
 from orchestrator.workers import load_model
 from sr.budget import price

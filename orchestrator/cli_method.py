@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from orchestrator.cli import JsonOpt, SetOpt, _fmt_g, _fmt_int, _print_table, app, load_model, parse_knobs
+from orchestrator.cli._common import JsonOpt, SetOpt, _fmt_g, _fmt_int, _print_table, load_model, parse_knobs
 from sr.errors import UserError
 
 if TYPE_CHECKING:  # torch-heavy; imported inside the commands so other commands start fast
@@ -384,7 +384,6 @@ def _score_cells(sc: dict[str, float] | None) -> dict[str, str]:
     return {"PSNR_Y": f"{sc['psnr_y']:.3f}", "SSIM_Y": f"{sc['ssim_y']:.4f}"}
 
 
-@app.command()
 def prune(
     arch: Annotated[str, typer.Option(help="Variant name of the model to prune, e.g. imdn")],
     weights: Annotated[str, typer.Option(help="Its trained weights (.pth)")],
@@ -664,7 +663,6 @@ def _print_distill(s: dict[str, Any]) -> None:
     print(f"wrote {s['weights']} and {Path(s['weights']).parent / 'metrics.json'}")
 
 
-@app.command()
 def distill(
     student_arch: Annotated[str, typer.Option(help="Student variant, e.g. edsr_mini (knobs via --set)")],
     data: DataOpt,
@@ -779,7 +777,6 @@ def allocate_student(arch: str, knobs: dict[str, Any], density: float) -> tuple[
     return alloc, new
 
 
-@app.command()
 def compress(
     arch: Annotated[str, typer.Option(help="Teacher variant to compress, e.g. imdn")],
     weights: Annotated[str, typer.Option(help="Its trained weights (.pth)")],

@@ -19,6 +19,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from orchestrator.tracking import default_artifact_root, default_tracking_uri
+from search_spaces import load_job_spec
 from sr.errors import UserError
 
 _SERVER_ENV = {
@@ -162,9 +164,6 @@ def stop_server(proc: subprocess.Popen, *, timeout_s: float = 10.0) -> None:
 def store_of_job(job_path: str | Path) -> tuple[str, str, str]:
     """``(backend_uri, artifact_root, experiment)`` of a job spec: its tracking URI (sqlite under
     ``storage.path`` by default) and ``<storage.path>/<name>/mlartifacts``."""
-    from orchestrator.tracking import default_artifact_root
-    from search_spaces import load_job_spec
-
     spec = load_job_spec(job_path)
     out = Path(spec.storage.path) / spec.name
     return spec.tracking_uri, default_artifact_root(out), spec.experiment_name
@@ -172,8 +171,6 @@ def store_of_job(job_path: str | Path) -> tuple[str, str, str]:
 
 def store_of_storage(storage: str | Path) -> tuple[str, str]:
     """``(backend_uri, artifact_root)`` of a storage folder: ``<storage>/mlflow.db`` and ``<storage>/mlartifacts``."""
-    from orchestrator.tracking import default_artifact_root, default_tracking_uri
-
     return default_tracking_uri(storage), default_artifact_root(storage)
 
 

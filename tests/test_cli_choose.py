@@ -17,9 +17,8 @@ import pytest
 import yaml
 from test_pareto import FRONT_60K, FRONT_ALL, TRIALS, log_synthetic_search
 
-from orchestrator import cli_choose  # noqa: F401  (registers the commands on the app)
 from orchestrator.cli import main
-from orchestrator.trials_table import TRIALS_SCHEMA
+from orchestrator.results.table import TRIALS_SCHEMA
 from orchestrator.ui import free_port
 
 REPO = Path(__file__).resolve().parents[1]

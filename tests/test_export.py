@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator import cli_choose  # noqa: F401  (registers the commands on the app)
 from orchestrator.cli import main
-from orchestrator.export import export_model, load_model_uri, load_run_model
+from orchestrator.results.export import export_model, load_model_uri, load_run_model
 from orchestrator.tracking import KIND_TAG, STATUS_TAG, Tracker
 from sr.complexity import count_params
 from sr.errors import UserError
@@ -171,7 +170,7 @@ def test_export_errors_are_one_line_exit_2(store, tmp_path, capsys):
 @pytest.mark.mlflow
 @pytest.mark.slow
 def test_register_pareto_model_and_load_it_back(store, monkeypatch):
-    from orchestrator.registry import register_pareto_models, using_tracking_uri
+    from orchestrator.results.model_registry import register_pareto_models, using_tracking_uri
 
     tracker, parent, runs, _, _ = store
     rid, trained = runs["imdn_clb"]

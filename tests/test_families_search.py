@@ -123,7 +123,7 @@ def _completed(df):
 def _check_job(summary: dict, tmp_path: Path, *, prefix: str) -> object:
     """Every trial is in MLflow as completed/infeasible, and the HTML report counts them and names the Pareto
     front's runs (the report lists front members by name; the others are plot points). Returns the trials."""
-    from orchestrator.report import report_for_experiment
+    from orchestrator.results.report import report_for_experiment
 
     df, front = summary["trials"], summary["front"]
     print(df[[c for c in ("run_name", "status", "params", "psnr_y", "latency_ms") if c in df.columns]])
@@ -213,8 +213,8 @@ def test_imdn_clb_search_prices_the_folded_model(ray_local, tiny_job, tmp_path: 
 @pytest.mark.mlflow
 @pytest.mark.slow
 def test_csd_search_exports_the_width_w_student(ray_local, tiny_job, tmp_path: Path) -> None:
-    from orchestrator.export import load_run_model
     from orchestrator.job import run_job
+    from orchestrator.results.export import load_run_model
     from sr.complexity import count_params
     from sr.models import build
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator.pareto import (
+from orchestrator.results.pareto import (
     hypervolume_2d,
     hypervolume_history,
     mark_pareto,
@@ -23,9 +23,11 @@ from orchestrator.pareto import (
     parse_objectives,
     query_references,
     query_trials,
+    search_front,
+    search_trials,
 )
+from orchestrator.results.table import TRIALS_SCHEMA, read_trials_parquet, write_trials_parquet
 from orchestrator.tracking import KIND_TAG, STATUS_TAG, Tracker
-from orchestrator.trials_table import TRIALS_SCHEMA, read_trials_parquet, write_trials_parquet
 from search_spaces import parse_size
 from sr.errors import UserError
 
@@ -287,6 +289,17 @@ def test_pareto_models_front_and_budgets(search):
     assert _names(by_params) == {"t06", "t07", "t00", "t01", "t04", "t11", "t03", "t05"}
     with pytest.raises(UserError, match="not a logged metric"):
         pareto_models(df, objectives="psnr_y:max,flops:min")
+
+
+@pytest.mark.mlflow
+def test_search_front_is_the_budgeted_front_of_one_search(search, tmp_path):
+    tracker, parent, ids, _ = search
+    found = search_front(tracker.uri, "job", parent, objectives="psnr_y:max,macs_720p:min", max_params=60_000)
+    assert _names(found.front) == FRONT_60K and len(found.trials) == len(TRIALS)
+    assert _names(search_front(tracker, "job").front) == FRONT_ALL  # no parent: every trial of the experiment
+    # Another search's trials in the same experiment stay out of this one's front.
+    assert len(search_trials(tracker, "job", "0" * 32)) == 0
+    assert len(search_front(tracker, "job", "0" * 32).front) == 0
 
 
 @pytest.mark.mlflow

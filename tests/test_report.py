@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from orchestrator.pareto import pareto_models, query_trials
-from orchestrator.report import published_points, report_for_experiment, write_report
+from orchestrator.results.pareto import pareto_models, query_trials
+from orchestrator.results.report import published_points, report_for_experiment, write_report
 from orchestrator.tracking import KIND_TAG, STATUS_TAG, Tracker
 
 # name, status, C, B, psnr_y, params, GMACs 720p

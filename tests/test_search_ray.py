@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from orchestrator.pareto import query_trials
+from orchestrator.results.pareto import query_trials
 
 pytestmark = [pytest.mark.ray, pytest.mark.mlflow, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""``srcompress submit / status / logs / stop`` (orchestrator.submit, orchestrator.cli_cluster).
+"""``srcompress submit / status / logs / stop`` (orchestrator.submit, orchestrator.cli.cluster).
 
 Fast tests check what would be submitted and the one-line errors without a cluster. The ``ray``/``slow`` test
 starts ``cluster/local.sh`` (0-CPU head + 2 one-CPU worker nodes, token auth on, its own ports and folder), submits
@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-import orchestrator.cli_cluster  # noqa: F401  registers submit/status/logs/stop on the app
 from orchestrator import submit as sub
 from orchestrator.cli import main
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from orchestrator.pareto import query_trials
+from orchestrator.results.pareto import query_trials
 from orchestrator.ui import free_port, start_mlflow_server, stop_server
 
 pytestmark = [pytest.mark.ray, pytest.mark.mlflow, pytest.mark.slow]

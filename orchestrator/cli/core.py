@@ -1,82 +1,24 @@
-"""The ``srcompress`` command line.
+"""``srcompress complexity / eval / allocate / run``: model sizes, benchmark scores and the search job.
 
-Every user-caused error is one line on stderr (cause, then fix) with exit code 2; ``--debug`` (anywhere on the
-command line) or ``SRCOMPRESS_DEBUG=1`` shows the traceback instead. Heavy imports (ray, mlflow) happen inside
-the commands that need them so ``srcompress complexity`` starts fast.
+Registered on the app by ``orchestrator.cli``. The ``sr`` imports (torch) sit inside the commands so that the
+CLI starts fast for commands that never touch a model.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import sys
-import traceback
 from typing import Annotated, Any
 
-import click
 import typer
 
+from orchestrator.cli._common import JsonOpt, SetOpt, _fmt_g, _fmt_int, _print_table, load_model, parse_knobs
 from sr.errors import UserError
-
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    help="Compress super-resolution models and search for compact ones on Ray.",
-)
-
-SetOpt = Annotated[
-    list[str] | None, typer.Option("--set", help="Knob override KEY=VALUE (repeatable), e.g. --set C=24")
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table")]
-
-
-def parse_knobs(items: list[str] | None) -> dict[str, Any]:
-    """``["C=24", "res_scale=0.1", "upsampler=pixelshuffle"]`` -> typed dict (int, float, bool or str)."""
-    knobs: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"--set {item!r} is not KEY=VALUE; write e.g. --set C=24")
-        knobs[key.strip()] = _parse_scalar(raw.strip())
-    return knobs
-
-
-def _parse_scalar(raw: str) -> Any:
-    low = raw.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    for cast in (int, float):
-        try:
-            return cast(raw)
-        except ValueError:
-            pass
-    return raw
-
-
-def _fmt_int(n: int | None) -> str:
-    return "-" if n is None else f"{n:,}"
-
-
-def _fmt_g(macs: float | None) -> str:
-    return "-" if macs is None else f"{macs / 1e9:.1f}G"
-
-
-def _print_table(rows: list[dict[str, Any]], columns: list[str], title: str | None = None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title)
-    for c in columns:
-        table.add_column(c)
-    for r in rows:
-        table.add_row(*(str(r.get(c, "")) for c in columns))
-    Console(width=200).print(table)
 
 
 # ---------------------------------------------------------------------------------------------------- complexity
 def complexity_row(arch: str, *, scale: int, knobs: dict[str, Any]) -> dict[str, Any]:
     """Params and MACs of ``arch`` (both conventions) with the published figure beside them."""
+    # deferred: torch is heavy; only the model commands need it
     from sr.complexity import COUNTER_NAME, build_on_meta, count_macs_for, count_params, lr_shape_for
     from sr.models import arch_tag, build
     from sr.published import published_for
@@ -113,7 +55,6 @@ def complexity_row(arch: str, *, scale: int, knobs: dict[str, Any]) -> dict[str,
     return row
 
 
-@app.command()
 def complexity(
     arch: Annotated[list[str], typer.Argument(help="Variant name(s), e.g. edsr_mini swinir_light, or 'all'")],
     set_: SetOpt = None,
@@ -121,6 +62,7 @@ def complexity(
     as_json: JsonOpt = False,
 ) -> None:
     """Params and MACs (1280x720 output and 256x256 LR) with the published figure beside ours."""
+    # deferred: torch is heavy; only the model commands need it
     from sr.models import list_variants
 
     knobs = parse_knobs(set_)
@@ -154,18 +96,6 @@ def complexity(
 
 
 # ---------------------------------------------------------------------------------------------------------- eval
-def load_model(arch: str, *, scale: int, knobs: dict[str, Any], weights: str | None):
-    """Build ``arch`` and load ``weights`` (weights_only; one-line error on a mismatch)."""
-    from sr.checkpoint import load_weights
-    from sr.models import build
-
-    model = build(arch, scale=scale, **knobs)
-    if weights:
-        load_weights(model, weights, arch=arch)
-    return model
-
-
-@app.command("eval")
 def eval_(
     arch: Annotated[str, typer.Option(help="Variant name, e.g. imdn")],
     weights: Annotated[str, typer.Option(help="Checkpoint (.pth); loaded with weights_only=True")],
@@ -177,6 +107,7 @@ def eval_(
     as_json: JsonOpt = False,
 ) -> None:
     """Per-image and mean PSNR_Y / SSIM_Y of a checkpoint on a benchmark, with the bicubic baseline."""
+    # deferred: torch is heavy; only the model commands need it
     from sr.data import load_eval_pairs
     from sr.evaluate import evaluate_bicubic, evaluate_model
 
@@ -221,7 +152,6 @@ def eval_(
 
 
 # ------------------------------------------------------------------------------------------------------ allocate
-@app.command()
 def allocate(
     arch: Annotated[str, typer.Option(help="Teacher variant whose C/L/B is compressed, e.g. edsr_baseline")],
     density: Annotated[float, typer.Option(help="Density d from pruning (non-zero fraction of deep weights)")],
@@ -229,6 +159,7 @@ def allocate(
     as_json: JsonOpt = False,
 ) -> None:
     """The paper's C/L/B allocation for a density, with the exact params/MACs of the compact model."""
+    # deferred: torch is heavy; only the model commands need it
     from sr.compress import allocate_arch
     from sr.models import arch_tag
 
@@ -258,7 +189,6 @@ def allocate(
 
 
 # ----------------------------------------------------------------------------------------------------------- run
-@app.command()
 def run(
     job: Annotated[str, typer.Argument(help="Job spec YAML, e.g. search_spaces/demo.yaml")],
     address: Annotated[
@@ -270,7 +200,7 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Ray's worker logs too")] = False,
 ) -> None:
     """Prune -> allocate -> cache -> multi-objective search; prints the Pareto front."""
-    from orchestrator.job import run_job
+    from orchestrator.job import run_job  # deferred: the job pulls in ray, mlflow and torch
 
     summary = run_job(
         job, address=address, resume=resume, tracking_uri=tracking_uri, num_cpus=num_cpus, verbose=verbose
@@ -311,52 +241,3 @@ def print_summary(summary: dict[str, Any]) -> None:
             }
         )
     _print_table(rows, list(rows[0]), title="Trials (* = Pareto front, PSNR_Y vs MACs; infeasible ones never trained)")
-
-
-# ------------------------------------------------------------------------------------------------------- entry
-def _wants_debug(argv: list[str]) -> tuple[bool, list[str]]:
-    debug = os.environ.get("SRCOMPRESS_DEBUG", "") not in ("", "0")
-    if "--debug" in argv:
-        debug = True
-        argv = [a for a in argv if a != "--debug"]
-    return debug, argv
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Console entry point; returns the exit code (0 ok, 2 user error, 1 internal error, 130 interrupted)."""
-    debug, args = _wants_debug(list(sys.argv[1:] if argv is None else argv))
-    try:
-        rv = app(args=args, prog_name="srcompress", standalone_mode=False)
-        return rv if isinstance(rv, int) else 0
-    except UserError as exc:
-        if debug:
-            traceback.print_exc()
-        print(f"srcompress: error: {exc}", file=sys.stderr)
-        return 2
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        return 2
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        print("srcompress: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # an internal error: keep it to one line unless asked for the traceback
-        if debug:
-            traceback.print_exc()
-        print(
-            f"srcompress: internal error: {type(exc).__name__}: {exc}; rerun with --debug for the traceback",
-            file=sys.stderr,
-        )
-        return 1
-
-
-# Command groups living in their own modules register themselves on ``app`` when imported.
-from orchestrator import cli_choose, cli_cluster, cli_method  # noqa: E402, F401
-
-if __name__ == "__main__":
-    # Run as a script, this file is ``__main__``; the command modules register on ``orchestrator.cli.app``,
-    # so dispatch through the imported module to see every command.
-    from orchestrator.cli import main as _main
-
-    sys.exit(_main())

@@ -1,6 +1,6 @@
 """``srcompress submit / status / logs / stop``: jobs on a Ray cluster through its Jobs API (``orchestrator.submit``).
 
-Registered on ``orchestrator.cli.app`` when imported. The address is the dashboard's HTTP address
+Registered on the app by ``orchestrator.cli``. The address is the dashboard's HTTP address
 (``http://HEAD:8265``); default ``RAY_ADDRESS``, else ``http://127.0.0.1:8265`` (``cluster/local.sh``).
 """
 
@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from orchestrator.cli import app
+from orchestrator import submit as sub
 
 AddressOpt = Annotated[
     str | None,
@@ -20,7 +20,6 @@ AddressOpt = Annotated[
 JobIdArg = Annotated[str, typer.Argument(help="Submission id printed by `srcompress submit`")]
 
 
-@app.command()
 def submit(
     job: Annotated[str, typer.Argument(help="Job spec YAML, e.g. search_spaces/demo.yaml")],
     address: AddressOpt = None,
@@ -33,8 +32,6 @@ def submit(
     ] = None,
 ) -> None:
     """Validate a job spec, upload the code and run `srcompress run` on the cluster; follows its log by default."""
-    from orchestrator import submit as sub
-
     job_id = sub.submit(job, address=address, working_dir=working_dir, env=env)
     print(job_id, flush=True)
     if no_wait:
@@ -49,8 +46,6 @@ def submit(
 
 
 def _finish(job_id: str, status: str, address: str | None) -> None:
-    from orchestrator import submit as sub
-
     print(f"[srcompress] job {job_id}: {status}", flush=True)
     if status != "SUCCEEDED":
         why = sub.job_message(job_id, address=address)
@@ -58,23 +53,17 @@ def _finish(job_id: str, status: str, address: str | None) -> None:
         raise typer.Exit(1)
 
 
-@app.command()
 def status(job_id: JobIdArg, address: AddressOpt = None) -> None:
     """Print the job's status: PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED."""
-    from orchestrator import submit as sub
-
     print(sub.job_status(job_id, address=address))
 
 
-@app.command()
 def logs(
     job_id: JobIdArg,
     address: AddressOpt = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream until the job ends")] = False,
 ) -> None:
     """Print the job's log (its driver's output); --follow streams it until the job ends."""
-    from orchestrator import submit as sub
-
     if follow:
         sub.follow_logs(job_id, address=address)
         return
@@ -82,11 +71,8 @@ def logs(
     sys.stdout.flush()
 
 
-@app.command()
 def stop(job_id: JobIdArg, address: AddressOpt = None) -> None:
     """Stop a running job (its trials end; MLflow keeps what they logged)."""
-    from orchestrator import submit as sub
-
     if sub.stop_job(job_id, address=address):
         print(f"[srcompress] stop requested for {job_id}")
     else:

@@ -1,5 +1,8 @@
 """``srcompress`` commands for choosing and shipping models: ``pareto``, ``report``, ``table``, ``export``, ``ui``.
 
+Registered on the app by ``orchestrator.cli``; the work is done by ``orchestrator.results`` (imported inside each
+command: it loads pandas, pyarrow and torch, which the other commands do not need).
+
 They read a job's MLflow store: ``--tracking-uri`` when given, else the store of ``--job JOB.yaml`` (its
 ``tracking.uri``, or ``sqlite:///<storage.path>/mlflow.db``), else ``./srcompress_runs/mlflow.db`` (the default
 ``storage.path`` of ``search_spaces/demo.yaml``, relative to the current directory). A sqlite file that does not
@@ -16,7 +19,10 @@ from typing import Annotated, Any
 
 import typer
 
-from orchestrator.cli import JsonOpt, _fmt_g, _fmt_int, _print_table, app
+from orchestrator import ui as _ui
+from orchestrator.cli._common import JsonOpt, _fmt_g, _fmt_int, _print_table
+from orchestrator.tracking import Tracker, check_reachable, default_tracking_uri
+from search_spaces import load_job_spec, parse_size
 from sr.errors import UserError
 
 DEFAULT_STORAGE = "./srcompress_runs"
@@ -39,19 +45,14 @@ ParentOpt = Annotated[str | None, typer.Option("--parent-run-id", help="Only thi
 # ----------------------------------------------------------------------------------------------- the store
 def resolve_store(tracking_uri: str | None, job: str | None) -> tuple[str, str | None]:
     """``(tracking URI, the job's experiment or None)``; one-line errors for a missing store or a dead server."""
-    from orchestrator.tracking import check_reachable, default_tracking_uri
-    from orchestrator.ui import sqlite_path
-
     experiment = None
     if job is not None:
-        from search_spaces import load_job_spec
-
         spec = load_job_spec(job)
         experiment = spec.experiment_name
         uri = tracking_uri or spec.tracking_uri
     else:
         uri = tracking_uri or default_tracking_uri(DEFAULT_STORAGE)
-    db = sqlite_path(uri)
+    db = _ui.sqlite_path(uri)
     if db is not None and not db.is_file():
         hint = "--tracking-uri/--job" if (tracking_uri or job) else "--tracking-uri URI or --job JOB.yaml"
         raise UserError(f"no MLflow store at {db}; run a job first (srcompress run JOB.yaml) or pass {hint}")
@@ -67,12 +68,12 @@ def _experiment(experiment: str | None, from_job: str | None) -> str:
 
 
 def _size(text: str | None) -> int | None:
-    from search_spaces import parse_size
 
     return None if text is None else parse_size(text)
 
 
 def _jsonable(v: Any) -> Any:
+    # deferred: pandas is heavy
     import numpy as np
     import pandas as pd
 
@@ -105,13 +106,12 @@ def pareto_rows(
     parent_run_id: str | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
     """The front as JSON-ready dicts (model_uri filled in) and the number of trials considered."""
-    from orchestrator.pareto import pareto_models, query_trials
+    from orchestrator.results.pareto import search_front  # deferred: pandas is heavy
 
-    df = query_trials(uri, experiment)
-    if parent_run_id is not None:
-        df = df[df["parent_run_id"] == parent_run_id]
-    front = pareto_models(
-        df,
+    found = search_front(
+        uri,
+        experiment,
+        parent_run_id,
         objectives=objectives,
         max_params=max_params,
         max_macs=max_macs,
@@ -119,14 +119,13 @@ def pareto_rows(
         device=device,
     )
     rows = []
-    for rec in front.to_dict(orient="records"):
+    for rec in found.front.to_dict(orient="records"):
         row = {k: _jsonable(v) for k, v in rec.items()}
         row["model_uri"] = _model_uri(row)
         rows.append(row)
-    return rows, len(df)
+    return rows, len(found.trials)
 
 
-@app.command()
 def pareto(
     experiment: ExperimentOpt = None,
     tracking_uri: TrackingOpt = None,
@@ -141,7 +140,7 @@ def pareto(
     as_table: Annotated[bool, typer.Option("--table", help="Print a table (the default)")] = False,
 ) -> None:
     """The Pareto-optimal models of a search under budgets, with the URI to export each one."""
-    from orchestrator.pareto import parse_objectives
+    from orchestrator.results.pareto import parse_objectives  # deferred: pandas is heavy
 
     if as_json and as_table:
         raise UserError("--json and --table exclude each other; pass one")
@@ -195,7 +194,6 @@ def pareto(
 
 
 # --------------------------------------------------------------------------------------------------- report
-@app.command()
 def report(
     output: Annotated[str, typer.Option("-o", "--output", help="HTML file to write")],
     experiment: ExperimentOpt = None,
@@ -212,7 +210,7 @@ def report(
     ] = True,
 ) -> None:
     """A self-contained HTML report (trade-off plots, Pareto table, progress) of a search."""
-    from orchestrator.report import report_for_experiment
+    from orchestrator.results.report import report_for_experiment  # deferred: pandas, pyarrow, matplotlib
 
     uri, job_exp = resolve_store(tracking_uri, job)
     name = _experiment(experiment, job_exp)
@@ -232,7 +230,6 @@ def report(
 
 
 # ---------------------------------------------------------------------------------------------------- table
-@app.command()
 def table(
     output: Annotated[str, typer.Option("-o", "--output", help="File to write: .parquet (typed schema) or .csv")],
     experiment: ExperimentOpt = None,
@@ -241,17 +238,16 @@ def table(
     parent_run_id: ParentOpt = None,
 ) -> None:
     """Every trial of an experiment (params, metrics, status) as one Parquet or CSV table."""
-    from orchestrator.pareto import query_trials
-    from orchestrator.trials_table import write_trials_parquet
+    # deferred: pandas and pyarrow are heavy
+    from orchestrator.results.pareto import search_trials
+    from orchestrator.results.table import write_trials_parquet
 
     suffix = Path(output).suffix.lower()
     if suffix not in (".parquet", ".csv"):
         raise UserError(f"cannot write {output!r}: use a .parquet or .csv file name")
     uri, job_exp = resolve_store(tracking_uri, job)
     name = _experiment(experiment, job_exp)
-    df = query_trials(uri, name)
-    if parent_run_id is not None:
-        df = df[df["parent_run_id"] == parent_run_id]
+    df = search_trials(uri, name, parent_run_id)
     if suffix == ".parquet":
         path = write_trials_parquet(df, output)
     else:
@@ -273,7 +269,6 @@ def _parse_hw(text: str) -> tuple[int, int]:
     return hw
 
 
-@app.command()
 def export(
     model: Annotated[str, typer.Argument(help="Trial run id, models:/NAME/VERSION or runs:/RUN_ID/...")],
     output: Annotated[str, typer.Option("-o", "--output", help="File to write, e.g. model.pt2")],
@@ -285,7 +280,7 @@ def export(
     as_json: JsonOpt = False,
 ) -> None:
     """Export a searched model (folded for deployment) after checking it against the eager model."""
-    from orchestrator.export import export_model, load_model_uri, require_onnx
+    from orchestrator.results.export import export_model, load_model_uri, require_onnx  # deferred: torch, mlflow
 
     if fmt not in ("pt2", "onnx"):
         raise UserError(f"--format {fmt!r} is not known; use pt2 or onnx")
@@ -320,7 +315,6 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-@app.command()
 def ui(
     storage: Annotated[
         str | None, typer.Option(help="Storage folder holding mlflow.db (default ./srcompress_runs)")
@@ -331,17 +325,14 @@ def ui(
     wait_s: Annotated[float, typer.Option(help="Seconds to wait for the server to come up")] = 60.0,
 ) -> None:
     """Start the MLflow UI on a job's store and block until Ctrl-C."""
-    from orchestrator.tracking import Tracker
-    from orchestrator.ui import sqlite_path, start_mlflow_server, stop_server, store_of_job, store_of_storage
-
     if storage is not None and job is not None:
         raise UserError("--storage and --job exclude each other; pass one")
     experiment = None
     if job is not None:
-        backend, artifacts, experiment = store_of_job(job)
+        backend, artifacts, experiment = _ui.store_of_job(job)
     else:
-        backend, artifacts = store_of_storage(storage or DEFAULT_STORAGE)
-    db = sqlite_path(backend)
+        backend, artifacts = _ui.store_of_storage(storage or DEFAULT_STORAGE)
+    db = _ui.sqlite_path(backend)
     if db is None:
         raise UserError(f"the job tracks to {backend}, a server already; open it in a browser instead of srcompress ui")
     if not db.is_file():
@@ -350,7 +341,7 @@ def ui(
     if experiment is not None:
         exp = Tracker(backend).client.get_experiment_by_name(experiment)
         exp_id = exp.experiment_id if exp is not None else None
-    proc = start_mlflow_server(backend, artifacts, host=host, port=port, wait_s=wait_s)
+    proc = _ui.start_mlflow_server(backend, artifacts, host=host, port=port, wait_s=wait_s)
     url = proc.url  # type: ignore[attr-defined]
     print(f"[srcompress] MLflow UI on {backend}: {url}", flush=True)
     if exp_id is not None:
@@ -362,10 +353,8 @@ def ui(
         code = proc.wait()
     except KeyboardInterrupt:
         print("[srcompress] stopping the MLflow server", flush=True)
-        stop_server(proc)
+        _ui.stop_server(proc)
         return
     finally:
         signal.signal(signal.SIGTERM, previous)
-    from orchestrator.ui import log_tail
-
-    raise UserError(f"the MLflow server exited with code {code} ({log_tail(proc.log_path)}); see {proc.log_path}")  # type: ignore[attr-defined]
+    raise UserError(f"the MLflow server exited with code {code} ({_ui.log_tail(proc.log_path)}); see {proc.log_path}")  # type: ignore[attr-defined]

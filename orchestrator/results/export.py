@@ -22,8 +22,13 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from orchestrator.results._store import as_tracker
 from orchestrator.tracking import Tracker
+from sr.checkpoint import load_weights
+from sr.complexity import count_params
 from sr.errors import UserError
+from sr.models import arch_tag, build
+from sr.reparam import deploy_model
 
 ExportFormat = Literal["pt2", "onnx"]
 
@@ -36,12 +41,8 @@ WEIGHTS_ARTIFACT = "checkpoint/weights.pth"
 
 
 # --------------------------------------------------------------------------------------------- loading
-def _tracker(tracker_or_uri: Tracker | str) -> Tracker:
-    return tracker_or_uri if isinstance(tracker_or_uri, Tracker) else Tracker(str(tracker_or_uri))
-
-
 def _download(tracker: Tracker, run_id: str, artifact: str, dst: str) -> Path:
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # deferred: mlflow is heavy; exporting from a file needs none
 
     try:
         return Path(
@@ -55,7 +56,7 @@ def _download(tracker: Tracker, run_id: str, artifact: str, dst: str) -> Path:
 
 
 def _get_run(tracker: Tracker, run_id: str) -> Any:
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # deferred: mlflow is heavy; exporting from a file needs none
 
     try:
         return tracker._call("get run", lambda: tracker.client.get_run(run_id))
@@ -77,12 +78,7 @@ def load_run_model(tracker_or_uri: Tracker | str, run_id: str) -> tuple[nn.Modul
     Raises:
         UserError: unknown run, missing artifacts, or a config without ``student.arch``.
     """
-    from sr.checkpoint import load_weights
-    from sr.complexity import count_params
-    from sr.models import arch_tag, build
-    from sr.reparam import deploy_model
-
-    tracker = _tracker(tracker_or_uri)
+    tracker = as_tracker(tracker_or_uri)
     run = _get_run(tracker, run_id)
     with tempfile.TemporaryDirectory(prefix="srcompress_load_") as tmp:
         cfg_path = _download(tracker, run_id, CONFIG_ARTIFACT, tmp)
@@ -112,7 +108,7 @@ def load_run_model(tracker_or_uri: Tracker | str, run_id: str) -> tuple[nn.Modul
 def run_id_of_uri(uri: str, *, tracker: Tracker) -> str:
     """The source run id behind ``models:/NAME/VERSION``, ``models:/NAME@ALIAS``, ``models:/m-<id>``,
     ``runs:/<id>/...`` or a bare run id."""
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # deferred: mlflow is heavy; exporting from a file needs none
 
     uri = uri.strip()
     if _RUN_ID_RE.match(uri):
@@ -156,9 +152,9 @@ def load_model_uri(uri: str, *, tracking_uri: Tracker | str | None = None) -> tu
     The URI is resolved to its source trial run, whose checkpoint is loaded as in :func:`load_run_model`; the
     pickled copy that ``mlflow.pytorch.log_model`` stored is not unpickled.
     """
-    import mlflow
+    import mlflow  # deferred: mlflow is heavy; exporting from a file needs none
 
-    tracker = _tracker(tracking_uri if tracking_uri is not None else mlflow.get_tracking_uri())
+    tracker = as_tracker(tracking_uri if tracking_uri is not None else mlflow.get_tracking_uri())
     model, meta = load_run_model(tracker, run_id_of_uri(uri, tracker=tracker))
     return model, {**meta, "uri": uri}
 
@@ -203,7 +199,7 @@ def _range_text(ep: Any) -> str:
 
 def require_onnx() -> None:
     try:
-        import onnx  # noqa: F401
+        import onnx  # noqa: F401  (deferred: an optional dependency)
     except ImportError:
         raise UserError("ONNX export needs the onnx package; pip install onnx, or use --format pt2") from None
 
@@ -234,8 +230,6 @@ def export_model(
     Raises:
         UserError: unknown format, onnx missing, or an exported program that differs from eager.
     """
-    from sr.complexity import count_params
-
     if fmt not in ("pt2", "onnx"):
         raise UserError(f"export format {fmt!r} is not known; use pt2 or onnx")
     if fmt == "onnx":
@@ -318,7 +312,7 @@ def _write_onnx(
     ep: Any, out_path: Path, x: torch.Tensor, ref: torch.Tensor, *, atol: float, dynamic: bool
 ) -> dict[str, Any]:
     """ONNX via the dynamo exporter from the verified program; re-checked with onnxruntime when installed."""
-    import onnx
+    import onnx  # deferred: an optional dependency
 
     tmp = _tmp_beside(out_path)
     try:
@@ -332,7 +326,7 @@ def _write_onnx(
         onnx.checker.check_model(str(tmp))
         info: dict[str, Any] = {"reloaded_max_abs_diff": None}
         try:
-            import onnxruntime as ort
+            import onnxruntime as ort  # deferred: an optional dependency
         except ImportError:
             info["note_onnx"] = "structure checked with onnx.checker; install onnxruntime to re-check the numbers"
         else:

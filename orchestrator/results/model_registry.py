@@ -4,7 +4,7 @@ Each front member's folded model is logged with ``mlflow.pytorch.log_model`` int
 page shows it) and registered as a new version of ``<experiment>_pareto``. The ``pickle`` serialization is used
 on purpose: MLflow's default ``pt2`` format traces the model at the input example's size and freezes H and W,
 while an SR model must take any image size. srcompress itself never unpickles these copies (see
-``orchestrator.export.load_model_uri``); they are there for MLflow's tooling. The version carries tags
+``orchestrator.results.export.load_model_uri``); they are there for MLflow's tooling. The version carries tags
 arch/C/L/B/scale/psnr_y/params/macs_720p, and the trial run gets the tag ``model_uri=models:/<name>/<version>``.
 Logging is slow (about 12 s per model), hence ``max_models``.
 """
@@ -17,10 +17,15 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import cloudpickle
+import numpy as np
 import pandas as pd
+import torch
 from torch import nn
 
-from orchestrator.pareto import DEFAULT_OBJECTIVES, Objective, pareto_models, query_trials
+from orchestrator.results._store import as_tracker
+from orchestrator.results.export import load_run_model
+from orchestrator.results.pareto import DEFAULT_OBJECTIVES, Objective, search_front
 from orchestrator.tracking import Tracker
 from sr.errors import UserError
 
@@ -37,9 +42,6 @@ def default_registered_name(experiment: str) -> str:
 
 def pip_requirements() -> list[str]:
     """What the logged model needs: the CPU torch without its local ``+cpu`` tag, cloudpickle, and srcompress."""
-    import cloudpickle
-    import torch
-
     return [
         f"torch=={torch.__version__.split('+')[0]}",
         f"cloudpickle=={cloudpickle.__version__}",
@@ -48,7 +50,7 @@ def pip_requirements() -> list[str]:
 
 
 def _signature() -> Any:
-    import numpy as np
+    # deferred: mlflow is heavy and only needed when a model is registered
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
 
@@ -70,7 +72,7 @@ def _tag_value(v: Any) -> str | None:
 @contextmanager
 def using_tracking_uri(uri: str) -> Iterator[None]:
     """Point MLflow's fluent API at ``uri`` for a block, then restore what was there (unset stays unset)."""
-    import mlflow
+    import mlflow  # deferred: mlflow is heavy and only needed when a model is registered
 
     previous = mlflow.get_tracking_uri() if mlflow.tracking.is_tracking_uri_set() else None
     mlflow.set_tracking_uri(uri)
@@ -93,6 +95,7 @@ def log_registered_model(
     The run's status and end time are restored afterwards: re-opening a finished run to log into it must not
     make it look re-run.
     """
+    # deferred: mlflow is heavy and only needed when a model is registered
     import mlflow
     import mlflow.pytorch
 
@@ -160,22 +163,20 @@ def register_pareto_models(
         One dict per front member: ``{run_id, run_name, model_uri}`` or ``{run_id, run_name, skipped: reason}``
         (a member without weights, e.g. one stopped early before logging them).
     """
-    from orchestrator.export import load_run_model
-
     if max_models < 1:
         raise UserError(f"max_models={max_models} registers nothing; give 1 or more")
-    tracker = tracker if isinstance(tracker, Tracker) else Tracker(str(tracker))
+    tracker = as_tracker(tracker)
     name = registered_name or default_registered_name(experiment)
-    df = query_trials(tracker, experiment)
-    df = df[df["parent_run_id"] == parent_run_id]
-    front = pareto_models(
-        df,
+    front = search_front(
+        tracker,
+        experiment,
+        parent_run_id,
         objectives=objectives,
         max_params=max_params,
         max_macs=max_macs,
         max_latency_ms=max_latency_ms,
         device=device,
-    ).head(max_models)
+    ).front.head(max_models)
     out: list[dict[str, Any]] = []
     for _, row in front.iterrows():
         run_id = str(row["run_id"])

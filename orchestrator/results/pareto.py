@@ -3,18 +3,22 @@
 The pure part (``pareto_mask``, ``hypervolume_2d``, ``hypervolume_history``) works on plain arrays for any mix of
 maximised and minimised objectives. The MLflow part reads the trial child runs of an experiment into one
 DataFrame (``query_trials``), picks the Pareto-optimal models under budgets (``pareto_models``) and tags the
-trial runs with ``pareto=true|false`` (``mark_pareto``).
+trial runs with ``pareto=true|false`` (``mark_pareto``). ``search_front`` is "the front of a search": one
+search's trials from MLflow and their Pareto-optimal models, which the CLI, the report, the model registry and
+``mark_pareto`` all read.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
 
+from orchestrator.results._store import as_tracker
 from orchestrator.tracking import KIND_TAG, PARENT_TAG, STATUS_TAG, Tracker
 from sr.errors import ConfigError, UserError
 
@@ -216,10 +220,6 @@ def parse_objectives(text: str | Sequence[Objective]) -> list[Objective]:
 
 
 # ------------------------------------------------------------------------------------------ reading MLflow
-def _tracker(tracker_or_uri: Tracker | str) -> Tracker:
-    return tracker_or_uri if isinstance(tracker_or_uri, Tracker) else Tracker(str(tracker_or_uri))
-
-
 def _experiment_id(tracker: Tracker, experiment: str) -> str:
     """Experiment id from a name, or from an id when no experiment has that name."""
     try:
@@ -317,7 +317,7 @@ def query_trials(tracker_or_uri: Tracker | str, experiment: str) -> pd.DataFrame
     columns are nullable ``Int64``, paper_rule and pareto nullable ``boolean``; missing values are NA. Works with
     any tracking URI (sqlite file or a remote ``http(s)://`` server).
     """
-    tracker = _tracker(tracker_or_uri)
+    tracker = as_tracker(tracker_or_uri)
     exp_id = _experiment_id(tracker, experiment)
     runs = search_all_runs(tracker, exp_id, f"tags.`{KIND_TAG}` = 'trial'")
     df = _typed_frame([_trial_row(r) for r in runs], TRIAL_COLUMNS)
@@ -328,7 +328,7 @@ def query_trials(tracker_or_uri: Tracker | str, experiment: str) -> pd.DataFrame
 
 def query_references(tracker_or_uri: Tracker | str, experiment: str) -> pd.DataFrame:
     """The teacher and bicubic reference child runs of an experiment (columns ``REFERENCE_COLUMNS``)."""
-    tracker = _tracker(tracker_or_uri)
+    tracker = as_tracker(tracker_or_uri)
     exp_id = _experiment_id(tracker, experiment)
     # MLflow's filter grammar has no IN for tags: one search per kind.
     runs = [r for kind in REFERENCE_KINDS for r in search_all_runs(tracker, exp_id, f"tags.`{KIND_TAG}` = '{kind}'")]
@@ -352,7 +352,7 @@ def query_references(tracker_or_uri: Tracker | str, experiment: str) -> pd.DataF
 
 def latest_search_run(tracker_or_uri: Tracker | str, experiment: str) -> str | None:
     """Run id of the most recently started search parent run (tag ``srcompress.kind=search``), if any."""
-    tracker = _tracker(tracker_or_uri)
+    tracker = as_tracker(tracker_or_uri)
     runs = search_all_runs(tracker, _experiment_id(tracker, experiment), f"tags.`{KIND_TAG}` = 'search'")
     return runs[-1].info.run_id if runs else None
 
@@ -464,6 +464,49 @@ def pareto_models(
     return front[cols].reset_index(drop=True)
 
 
+def search_trials(tracker_or_uri: Tracker | str, experiment: str, parent_run_id: str | None = None) -> pd.DataFrame:
+    """``query_trials``, restricted to the children of ``parent_run_id`` (one search) when it is given."""
+    df = query_trials(tracker_or_uri, experiment)
+    if parent_run_id is not None:
+        df = df[df["parent_run_id"] == parent_run_id]
+    return df
+
+
+@dataclass(frozen=True, eq=False)
+class SearchFront:
+    """A search's trials (every one considered) and its Pareto-optimal models among them."""
+
+    trials: pd.DataFrame
+    front: pd.DataFrame
+
+
+def search_front(
+    tracker_or_uri: Tracker | str,
+    experiment: str,
+    parent_run_id: str | None = None,
+    *,
+    objectives: str | Sequence[Objective] = DEFAULT_OBJECTIVES,
+    max_params: float | None = None,
+    max_macs: float | None = None,
+    max_latency_ms: float | None = None,
+    device: str | None = None,
+) -> SearchFront:
+    """The front of a search: its trials read from MLflow, then ``pareto_models`` under the budgets.
+
+    Without ``parent_run_id`` every trial of the experiment counts.
+    """
+    df = search_trials(tracker_or_uri, experiment, parent_run_id)
+    front = pareto_models(
+        df,
+        objectives=objectives,
+        max_params=max_params,
+        max_macs=max_macs,
+        max_latency_ms=max_latency_ms,
+        device=device,
+    )
+    return SearchFront(trials=df, front=front)
+
+
 def mark_pareto(
     tracker: Tracker | str,
     experiment: str,
@@ -476,18 +519,18 @@ def mark_pareto(
     device: str | None = None,
 ) -> list[str]:
     """Tag every trial child of ``parent_run_id`` with ``pareto=true|false``; returns the front's run ids."""
-    tracker = _tracker(tracker)
-    df = query_trials(tracker, experiment)
-    df = df[df["parent_run_id"] == parent_run_id]
-    front = pareto_models(
-        df,
+    tracker = as_tracker(tracker)
+    found = search_front(
+        tracker,
+        experiment,
+        parent_run_id,
         objectives=objectives,
         max_params=max_params,
         max_macs=max_macs,
         max_latency_ms=max_latency_ms,
         device=device,
     )
-    on_front = set(front["run_id"])
-    for run_id in df["run_id"]:
+    on_front = set(found.front["run_id"])
+    for run_id in found.trials["run_id"]:
         tracker.set_tags(run_id, {"pareto": "true" if run_id in on_front else "false"})
-    return list(front["run_id"])
+    return list(found.front["run_id"])

@@ -1,0 +1,143 @@
+"""The ``srcompress`` command line.
+
+Every user-caused error is one line on stderr (cause, then fix) with exit code 2, usage errors included (an
+unknown option, a bad value, a missing one); ``--debug`` (anywhere on the command line) or ``SRCOMPRESS_DEBUG=1``
+shows the traceback instead. Ctrl-C exits 130. The command modules (``core``, ``choose``, ``cluster`` and
+``orchestrator.cli_method``) define plain functions; this module registers them on ``app`` from one list
+(``commands()``) and no command module imports it. Heavy imports (torch, ray, mlflow) happen inside the
+commands that need them so that ``srcompress`` starts fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import typer
+import typer.main
+from typer import _click  # typer >= 0.29 vendors click: its usage errors are typer._click.* classes, not click.*
+
+from orchestrator import cli_method
+from orchestrator.cli import choose, cluster, core
+from orchestrator.cli._common import JsonOpt, SetOpt, _fmt_g, _fmt_int, _print_table, load_model, parse_knobs
+from orchestrator.cli.core import complexity_row, print_summary
+from sr.errors import UserError
+
+__all__ = [
+    "JsonOpt",
+    "SetOpt",
+    "_fmt_g",
+    "_fmt_int",
+    "_print_table",
+    "app",
+    "commands",
+    "complexity_row",
+    "get_app",
+    "load_model",
+    "main",
+    "parse_knobs",
+    "print_summary",
+]
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Compress super-resolution models and search for compact ones on Ray.",
+)
+
+
+def commands() -> tuple[tuple[str, Callable[..., Any]], ...]:
+    """Every command as ``(name, function)``, in the order ``srcompress --help`` lists them."""
+    return (
+        ("complexity", core.complexity),
+        ("eval", core.eval_),
+        ("allocate", core.allocate),
+        ("run", core.run),
+        ("pareto", choose.pareto),
+        ("report", choose.report),
+        ("table", choose.table),
+        ("export", choose.export),
+        ("ui", choose.ui),
+        ("submit", cluster.submit),
+        ("status", cluster.status),
+        ("logs", cluster.logs),
+        ("stop", cluster.stop),
+        ("prune", cli_method.prune),
+        ("distill", cli_method.distill),
+        ("compress", cli_method.compress),
+    )
+
+
+def get_app() -> typer.Typer:
+    """``app`` with every command of ``commands()`` registered on it (once)."""
+    # Registered on first use rather than at import: orchestrator.cli_method, outside this package until it moves
+    # in, imports the shared helpers from orchestrator.cli._common, so it may still be half-imported here.
+    if not app.registered_commands:
+        for name, fn in commands():
+            app.command(name)(fn)
+    return app
+
+
+# ------------------------------------------------------------------------------------------------------- entry
+def _wants_debug(argv: list[str]) -> tuple[bool, list[str]]:
+    debug = os.environ.get("SRCOMPRESS_DEBUG", "") not in ("", "0")
+    if "--debug" in argv:
+        debug = True
+        argv = [a for a in argv if a != "--debug"]
+    return debug, argv
+
+
+def _dispatch(args: list[str]) -> int:
+    # make_context + invoke rather than app(standalone_mode=False): typer's main turns Ctrl-C into a silent
+    # Exit(130) and prints usage errors itself; here main() sees every exception and words it as one line.
+    command = typer.main.get_command(get_app())
+    with command.make_context("srcompress", args) as ctx:
+        rv = command.invoke(ctx)
+    return rv if isinstance(rv, int) else 0
+
+
+def _usage_line(exc: _click.exceptions.UsageError) -> str:
+    message = " ".join(exc.format_message().split()).rstrip(".")
+    where = exc.ctx.command_path if exc.ctx is not None else "srcompress"
+    return f"srcompress: error: {message}; see {where} --help"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point; returns the exit code (0 ok, 2 user error, 1 internal error, 130 interrupted)."""
+    debug, args = _wants_debug(list(sys.argv[1:] if argv is None else argv))
+    try:
+        return _dispatch(args)
+    except UserError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"srcompress: error: {exc}", file=sys.stderr)
+        return 2
+    except _click.exceptions.NoArgsIsHelpError:
+        # The help (the list of commands) is already on stdout; a bare `srcompress` is still a usage error.
+        print("srcompress: error: no command given; pick one above (srcompress COMMAND --help)", file=sys.stderr)
+        return 2
+    except _click.exceptions.UsageError as exc:
+        if debug:
+            traceback.print_exc()
+        print(_usage_line(exc), file=sys.stderr)
+        return 2
+    except _click.exceptions.ClickException as exc:  # e.g. FileError: still the user's input
+        print(f"srcompress: error: {' '.join(exc.format_message().split())}", file=sys.stderr)
+        return 2
+    except typer.Exit as exc:  # --help, or a command ending with its own code
+        return exc.exit_code
+    except (typer.Abort, KeyboardInterrupt, EOFError):
+        print("srcompress: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an internal error: keep it to one line unless asked for the traceback
+        if debug:
+            traceback.print_exc()
+        print(
+            f"srcompress: internal error: {type(exc).__name__}: {exc}; rerun with --debug for the traceback",
+            file=sys.stderr,
+        )
+        return 1

@@ -1,0 +1,110 @@
+"""The results of a search: its Pareto front, the HTML report, the trials table, model export and registration.
+
+``search_front`` is the one way to get "the front of a search" (its trials from MLflow, then the Pareto-optimal
+ones under budgets); the CLI, the report, ``mark_pareto`` and the model registry all go through it. Importing
+this package loads pandas, pyarrow and torch: the CLI imports the submodule it needs inside each command instead.
+"""
+
+from __future__ import annotations
+
+from orchestrator.results.export import (
+    CONFIG_ARTIFACT,
+    WEIGHTS_ARTIFACT,
+    ExportFormat,
+    export_model,
+    load_model_uri,
+    load_run_model,
+    require_onnx,
+    run_id_of_uri,
+)
+from orchestrator.results.model_registry import (
+    MODEL_URI_TAG,
+    default_registered_name,
+    log_registered_model,
+    pip_requirements,
+    register_pareto_models,
+    using_tracking_uri,
+)
+from orchestrator.results.pareto import (
+    DEFAULT_OBJECTIVES,
+    GOOD_STATUSES,
+    REFERENCE_COLUMNS,
+    REFERENCE_KINDS,
+    TRIAL_COLUMNS,
+    Mode,
+    Objective,
+    SearchFront,
+    apply_budgets,
+    hypervolume_2d,
+    hypervolume_history,
+    latest_search_run,
+    mark_pareto,
+    objective_matrix,
+    pareto_mask,
+    pareto_models,
+    parse_objectives,
+    query_references,
+    query_trials,
+    reference_point,
+    search_all_runs,
+    search_front,
+    search_trials,
+)
+from orchestrator.results.report import STATUS_ORDER, ReportFiles, published_points, report_for_experiment, write_report
+from orchestrator.results.table import (
+    SCHEMA_VERSION,
+    TRIALS_SCHEMA,
+    read_trials_parquet,
+    trials_to_arrow,
+    write_trials_parquet,
+)
+
+__all__ = [
+    "CONFIG_ARTIFACT",
+    "DEFAULT_OBJECTIVES",
+    "GOOD_STATUSES",
+    "MODEL_URI_TAG",
+    "REFERENCE_COLUMNS",
+    "REFERENCE_KINDS",
+    "SCHEMA_VERSION",
+    "STATUS_ORDER",
+    "TRIALS_SCHEMA",
+    "TRIAL_COLUMNS",
+    "WEIGHTS_ARTIFACT",
+    "ExportFormat",
+    "Mode",
+    "Objective",
+    "ReportFiles",
+    "SearchFront",
+    "apply_budgets",
+    "default_registered_name",
+    "export_model",
+    "hypervolume_2d",
+    "hypervolume_history",
+    "latest_search_run",
+    "load_model_uri",
+    "load_run_model",
+    "log_registered_model",
+    "mark_pareto",
+    "objective_matrix",
+    "pareto_mask",
+    "pareto_models",
+    "parse_objectives",
+    "pip_requirements",
+    "published_points",
+    "query_references",
+    "query_trials",
+    "read_trials_parquet",
+    "reference_point",
+    "register_pareto_models",
+    "report_for_experiment",
+    "require_onnx",
+    "run_id_of_uri",
+    "search_all_runs",
+    "search_front",
+    "search_trials",
+    "trials_to_arrow",
+    "using_tracking_uri",
+    "write_report",
+    "write_trials_parquet",
+]

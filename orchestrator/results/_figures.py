@@ -1,0 +1,355 @@
+"""The report's figures: PSNR against a cost (trials, front, references, published points) and search progress.
+
+Drawn on matplotlib's Agg canvas (no display needed); each function returns a ``Figure`` for ``_png``.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from orchestrator.results.pareto import (
+    GOOD_STATUSES,
+    Objective,
+    hypervolume_history,
+    objective_matrix,
+    pareto_mask,
+    reference_point,
+)
+from sr.published import Published
+
+_C_TRIAL = "#4c78a8"
+_C_FRONT = "#e45756"
+_C_INFEASIBLE = "#9d9d9d"
+_C_TEACHER = "#f2b701"
+_C_BICUBIC = "#6f6f6f"
+_C_PUBLISHED = "#2f2f2f"
+
+
+def _num(df: pd.DataFrame, col: str) -> np.ndarray:
+    if col not in df.columns:
+        return np.full(len(df), np.nan)
+    return pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _new_axes(figsize: tuple[float, float]) -> tuple[Any, Any]:
+    # The Agg canvas needs no display, and a bare Figure never touches pyplot's global state or backend.
+    # deferred: matplotlib is heavy and only a report needs it
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.grid(True, which="major", alpha=0.3)
+    ax.grid(True, which="minor", alpha=0.08)
+    ax.spines[["top", "right"]].set_visible(False)
+    return fig, ax
+
+
+def _tradeoff_figure(
+    df: pd.DataFrame,
+    *,
+    x_col: str,
+    x_div: float,
+    x_label: str,
+    x_unit_fmt: str,
+    budget: float | None,
+    in_budget: np.ndarray,
+    references: pd.DataFrame | None,
+    published: Sequence[Published],
+    published_x: dict[str, float | None],
+    title: str,
+) -> Any:
+    """PSNR_Y against one cost (log x): trials, their 2-D front as a step line, references, infeasible strip."""
+    fig, ax = _new_axes((7.4, 4.6))
+    x = _num(df, x_col) / x_div
+    y = _num(df, "psnr_y")
+    status = df["status"].astype("string").fillna("running").to_numpy() if "status" in df else np.array([])
+    # The draw order below fixes the legend's order.
+    xs_all, ys_all = _draw_trials(ax, x, y, status, in_budget)
+    _draw_references(ax, references, x_col=x_col, x_div=x_div, xs_all=xs_all, ys_all=ys_all)
+    labels = _draw_published(ax, published, published_x, xs_all=xs_all, ys_all=ys_all)
+    _draw_budget(ax, budget, x_div=x_div, xs_all=xs_all)
+    _draw_infeasible(ax, x, status, xs_all=xs_all)
+    _finish_axes(ax, xs_all, ys_all, x_label=x_label, x_unit_fmt=x_unit_fmt, title=title)
+    _place_labels(ax, labels, color=_C_PUBLISHED)
+    return fig
+
+
+def _draw_trials(
+    ax: Any, x: np.ndarray, y: np.ndarray, status: np.ndarray, in_budget: np.ndarray
+) -> tuple[list[float], list[float]]:
+    """Trained trials and the step line of their front; returns the x and y values drawn (for the limits)."""
+    good = np.isin(status, GOOD_STATUSES) & np.isfinite(x) & (x > 0) & np.isfinite(y)
+    ys_all: list[float] = list(y[good])
+    xs_all: list[float] = list(x[good])
+
+    done = good & (status == "completed")
+    early = good & (status == "stopped-early")
+    ax.scatter(x[done], y[done], s=28, color=_C_TRIAL, alpha=0.75, label="trials", zorder=3)
+    if early.any():
+        ax.scatter(x[early], y[early], s=28, facecolors="none", edgecolors=_C_TRIAL, label="stopped early", zorder=3)
+
+    cand = good & in_budget
+    if cand.any():
+        pts = np.column_stack([y[cand], x[cand]])
+        front = pts[pareto_mask(pts, ("max", "min"))]
+        front = front[np.lexsort((front[:, 0], front[:, 1]))]
+        ax.step(front[:, 1], front[:, 0], where="post", color=_C_FRONT, lw=1.6, zorder=4)
+        ax.scatter(
+            front[:, 1],
+            front[:, 0],
+            s=58,
+            color=_C_FRONT,
+            edgecolors="black",
+            linewidths=0.7,
+            zorder=5,
+            label="Pareto front",
+        )
+    return xs_all, ys_all
+
+
+def _draw_references(
+    ax: Any,
+    references: pd.DataFrame | None,
+    *,
+    x_col: str,
+    x_div: float,
+    xs_all: list[float],
+    ys_all: list[float],
+) -> None:
+    """The teacher as a star; bicubic (or a reference without this cost) as a dashed horizontal line."""
+    if references is None or not len(references):
+        return
+    for _, r in references.iterrows():
+        ry, rx = r.get("psnr_y"), r.get(x_col)
+        if ry is None or not np.isfinite(ry):
+            continue
+        ys_all.append(float(ry))
+        if r["kind"] == "bicubic" or rx is None or not np.isfinite(rx) or rx <= 0:
+            ax.axhline(float(ry), color=_C_BICUBIC, ls="--", lw=1.0, zorder=1)
+            ax.annotate(
+                f"{r['kind']} {ry:.2f} dB",
+                xy=(1.0, float(ry)),
+                xycoords=("axes fraction", "data"),
+                xytext=(-4, 3),
+                textcoords="offset points",
+                ha="right",
+                fontsize=8,
+                color=_C_BICUBIC,
+            )
+        else:
+            xs_all.append(float(rx) / x_div)
+            ax.scatter(
+                [float(rx) / x_div],
+                [float(ry)],
+                marker="*",
+                s=220,
+                color=_C_TEACHER,
+                edgecolors="black",
+                linewidths=0.6,
+                zorder=6,
+                label=str(r["kind"]),
+            )
+
+
+def _draw_published(
+    ax: Any,
+    published: Sequence[Published],
+    published_x: dict[str, float | None],
+    *,
+    xs_all: list[float],
+    ys_all: list[float],
+) -> list[tuple[float, float, str]]:
+    """Published points (Set5) as diamonds; returns their labels, placed once the axes are final."""
+    pub_done = False
+    labels: list[tuple[float, float, str]] = []
+    shown = [p for p in published if (published_x.get(p.label) or 0) > 0 and p.set5_psnr_y is not None]
+    for p in sorted(shown, key=lambda p: published_x[p.label] or 0.0):
+        px = float(published_x[p.label] or 0.0)
+        xs_all.append(px)
+        ys_all.append(p.set5_psnr_y)
+        ax.scatter(
+            [px],
+            [p.set5_psnr_y],
+            marker="D",
+            s=30,
+            color=_C_PUBLISHED,
+            zorder=5,
+            label=None if pub_done else "published (Set5)",
+        )
+        labels.append((px, p.set5_psnr_y, p.label))
+        pub_done = True
+    return labels
+
+
+def _draw_budget(ax: Any, budget: float | None, *, x_div: float, xs_all: list[float]) -> None:
+    if budget is None or budget <= 0:
+        return
+    ax.axvline(budget / x_div, color=_C_FRONT, ls=":", lw=1.2, zorder=1)
+    ax.annotate(
+        "budget",
+        xy=(budget / x_div, 1.0),
+        xycoords=("data", "axes fraction"),
+        xytext=(3, -12),
+        textcoords="offset points",
+        fontsize=8,
+        color=_C_FRONT,
+    )
+    xs_all.append(budget / x_div)
+
+
+def _draw_infeasible(ax: Any, x: np.ndarray, status: np.ndarray, *, xs_all: list[float]) -> None:
+    # Infeasible trials were never trained (no PSNR): grey crosses on a strip below the data.
+    infeasible = (status == "infeasible") & np.isfinite(x) & (x > 0)
+    if not infeasible.any():
+        return
+    xs_all.extend(x[infeasible])
+    ax.scatter(
+        x[infeasible],
+        np.full(int(infeasible.sum()), 0.035),
+        transform=ax.get_xaxis_transform(),
+        marker="x",
+        s=30,
+        color=_C_INFEASIBLE,
+        zorder=3,
+        clip_on=False,
+        label="infeasible (not trained)",
+    )
+
+
+def _finish_axes(
+    ax: Any, xs_all: list[float], ys_all: list[float], *, x_label: str, x_unit_fmt: str, title: str
+) -> None:
+    from matplotlib.ticker import FuncFormatter  # deferred: matplotlib is heavy and only a report needs it
+
+    if ys_all:
+        lo, hi = min(ys_all), max(ys_all)
+        span = max(hi - lo, 0.5)
+        ax.set_ylim(lo - 0.14 * span, hi + 0.08 * span)
+    if xs_all:
+        ax.set_xscale("log")
+        lo_x, hi_x = min(xs_all), max(xs_all)
+        ax.set_xlim(lo_x / 1.6, hi_x * 1.9)  # room for the published labels right of their markers
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: format(v, x_unit_fmt)))
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("PSNR_Y (dB)")
+    ax.set_title(title, fontsize=11, loc="left")
+    # Cheap and accurate (upper left) is the corner no trade-off plot reaches.
+    ax.legend(fontsize=8, loc="center right", framealpha=0.9)
+
+
+# Label offsets in points, tried in order: right-above, right-below, left-above, left-below, then further out.
+_LABEL_OFFSETS = (
+    (5, 4, "left"),
+    (5, -11, "left"),
+    (-5, 4, "right"),
+    (-5, -11, "right"),
+    (6, 13, "left"),
+    (6, -20, "left"),
+    (-6, 13, "right"),
+    (-6, -20, "right"),
+)
+
+
+def _place_labels(ax: Any, labels: Sequence[tuple[float, float, str]], *, color: str) -> None:
+    """Annotate points so that labels avoid each other, every marker on the axes and the legend (greedy)."""
+    if not labels:
+        return
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    fig.draw_without_rendering()  # constrained layout moves the axes; place labels in the final positions
+    obstacles = []
+    for coll in ax.collections:
+        offsets = coll.get_offsets()
+        if len(offsets):
+            sizes = coll.get_sizes()  # marker area in points^2
+            r = 0.5 * np.sqrt(float(sizes.max()) if len(sizes) else 30.0) * fig.dpi / 72.0
+            for xd, yd in coll.get_offset_transform().transform(np.asarray(offsets, dtype=float)):
+                obstacles.append((xd - r, yd - r, xd + r, yd + r))
+    legend = ax.get_legend()
+    if legend is not None:
+        b = legend.get_window_extent(renderer)
+        obstacles.append((b.x0, b.y0, b.x1, b.y1))
+    axes_box = ax.get_window_extent(renderer)
+
+    def overlap(b: Any) -> float:
+        area = 0.0
+        for x0, y0, x1, y1 in obstacles:
+            w, h = min(b.x1, x1) - max(b.x0, x0), min(b.y1, y1) - max(b.y0, y0)
+            if w > 0 and h > 0:
+                area += w * h
+        outside = max(0.0, axes_box.x0 - b.x0) + max(0.0, b.x1 - axes_box.x1) + max(0.0, b.y1 - axes_box.y1)
+        return area + 50.0 * outside
+
+    for x, y, text in labels:
+        best = None
+        for dx, dy, ha in _LABEL_OFFSETS:
+            ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, fontsize=8, color=color)
+            box = ann.get_window_extent(renderer)
+            cost = overlap(box)
+            if best is None or cost < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (cost, ann, box)
+            else:
+                ann.remove()
+            if cost == 0:
+                break
+        assert best is not None
+        b = best[2]
+        obstacles.append((b.x0, b.y0, b.x1, b.y1))
+
+
+def _hypervolume_figure(df: pd.DataFrame, objectives: Sequence[Objective]) -> tuple[Any, str] | None:
+    """Hypervolume of the first two objectives after each trial; None when there is nothing to plot."""
+    objs = list(objectives)[:2]
+    if len(objs) < 2 or not len(df):
+        return None
+    pts = objective_matrix(df, objs)
+    good = df["status"].isin(list(GOOD_STATUSES)).to_numpy(dtype=bool)
+    pts[~good] = np.nan
+    if not np.isfinite(pts).all(axis=1).any():
+        return None
+    modes = [m for _, m in objs]
+    ref = reference_point(pts, modes)
+    # Normalised by the box between the ideal point (best value seen per objective) and the reference, so the
+    # curve reads as a fraction whatever the objectives' units.
+    finite = pts[np.isfinite(pts).all(axis=1)]
+    ideal = np.array([finite[:, j].max() if m == "max" else finite[:, j].min() for j, m in enumerate(modes)])
+    box = float(np.prod(np.abs(ref - ideal))) or 1.0
+    hv = hypervolume_history(pts, modes, ref) / box
+    trial_no = _num(df, "trial_number")
+    x = np.where(np.isfinite(trial_no), trial_no, np.arange(len(df)))
+    order = np.argsort(x, kind="stable")
+    x, hv = x[order], hv[order]
+    fig, ax = _new_axes((7.4, 3.2))
+    ax.step(x, hv, where="post", color=_C_TRIAL, lw=1.6)
+    gain = np.r_[hv[0] > 0, np.diff(hv) > 0]
+    ax.scatter(x[gain], hv[gain], s=22, color=_C_FRONT, zorder=3, label="front improved")
+    ax.set_xlabel("trial number")
+    ax.set_ylabel("hypervolume (fraction of box)")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(
+        f"Search progress: hypervolume of ({objs[0][0]} {objs[0][1]}, {objs[1][0]} {objs[1][1]})",
+        fontsize=11,
+        loc="left",
+    )
+    ax.legend(fontsize=8, loc="lower right")
+    ref_txt = (
+        f"hypervolume as a fraction of the box from the ideal point ({objs[0][0]} = {ideal[0]:.4g}, "
+        f"{objs[1][0]} = {ideal[1]:.4g}) to the reference point ({objs[0][0]} = {ref[0]:.4g}, "
+        f"{objs[1][0]} = {ref[1]:.4g})"
+    )
+    return fig, ref_txt
