@@ -51,7 +51,7 @@ from orchestrator.pareto import hypervolume_2d, hypervolume_history, pareto_mask
 from orchestrator.search import INFEASIBLE_PSNR, SearchPlan, make_searcher, sampler_settings
 from search_spaces.sampling import clamp_to_space
 from sr.budget import Budget, is_feasible, price
-from sr.compress import allocate_arch
+from sr.allocate import allocate_arch
 from sr.errors import ConfigError
 
 NAME = "search_replay"

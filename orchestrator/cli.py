@@ -229,7 +229,7 @@ def allocate(
     as_json: JsonOpt = False,
 ) -> None:
     """The paper's C/L/B allocation for a density, with the exact params/MACs of the compact model."""
-    from sr.compress import allocate_arch
+    from sr.allocate import allocate_arch
     from sr.models import arch_tag
 
     alloc, knobs = allocate_arch(arch, density)
@@ -353,6 +353,10 @@ def main(argv: list[str] | None = None) -> int:
 
 # Command groups living in their own modules register themselves on ``app`` when imported.
 from orchestrator import cli_choose, cli_cluster, cli_method  # noqa: E402, F401
+
+# Temporary (until orchestrator/cli/ registers commands explicitly): cli_method no longer decorates its commands.
+for _n in ("prune", "distill", "compress"):
+    app.command(_n)(getattr(cli_method, _n))
 
 if __name__ == "__main__":
     # Run as a script, this file is ``__main__``; the command modules register on ``orchestrator.cli.app``,

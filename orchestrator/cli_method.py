@@ -2,7 +2,7 @@
 
 Plain PyTorch, no Ray: ``prune`` fine-tunes a model with OBProx-SG (``sr.prune``), ``distill`` trains a student
 from a frozen teacher (``sr.distill``; optionally from a teacher-output cache, ``sr.teacher_cache``), and
-``compress`` chains prune -> C/L/B allocation (``sr.compress``) -> distill. Training loops checkpoint under
+``compress`` chains prune -> C/L/B allocation (``sr.allocate``) -> distill. Training loops checkpoint under
 ``OUT/ckpt``, show a progress bar on stderr (when it is a terminal and ``--json`` is off; otherwise one line per
 log step, none with ``--json``), stop cleanly on Ctrl-C or SIGTERM (exit 130, checkpoints kept) and continue
 with ``--resume``.
@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from orchestrator.cli import JsonOpt, SetOpt, _fmt_g, _fmt_int, _print_table, app, load_model, parse_knobs
+from orchestrator.cli import JsonOpt, SetOpt, _fmt_g, _fmt_int, _print_table, load_model, parse_knobs
 from sr.errors import UserError
 
 if TYPE_CHECKING:  # torch-heavy; imported inside the commands so other commands start fast
-    from sr.compress import Allocation
+    from sr.allocate import Allocation
     from sr.distill import KDConfig
 
 DataOpt = Annotated[
@@ -384,7 +384,6 @@ def _score_cells(sc: dict[str, float] | None) -> dict[str, str]:
     return {"PSNR_Y": f"{sc['psnr_y']:.3f}", "SSIM_Y": f"{sc['ssim_y']:.4f}"}
 
 
-@app.command()
 def prune(
     arch: Annotated[str, typer.Option(help="Variant name of the model to prune, e.g. imdn")],
     weights: Annotated[str, typer.Option(help="Its trained weights (.pth)")],
@@ -664,7 +663,6 @@ def _print_distill(s: dict[str, Any]) -> None:
     print(f"wrote {s['weights']} and {Path(s['weights']).parent / 'metrics.json'}")
 
 
-@app.command()
 def distill(
     student_arch: Annotated[str, typer.Option(help="Student variant, e.g. edsr_mini (knobs via --set)")],
     data: DataOpt,
@@ -747,13 +745,13 @@ def distill(
 def allocate_student(arch: str, knobs: dict[str, Any], density: float) -> tuple[Allocation, dict[str, Any]]:
     """The paper's C/L/B allocation of ``arch`` (with knob overrides ``knobs``) at ``density``.
 
-    Without overrides this is :func:`sr.compress.allocate_arch`; with them the same rule runs from the
+    Without overrides this is :func:`sr.allocate.allocate_arch`; with them the same rule runs from the
     overridden C/L/B (``allocate_arch`` reads the registered variant's sizes only).
 
     Returns:
         ``(Allocation, knobs for sr.models.build)``; ``scale`` is taken from ``knobs`` when given.
     """
-    from sr.compress import allocate, allocate_arch
+    from sr.allocate import allocate, allocate_arch
     from sr.models import family_of, resolve_knobs
 
     sizes = {k: v for k, v in knobs.items() if k != "scale"}
@@ -779,7 +777,6 @@ def allocate_student(arch: str, knobs: dict[str, Any], density: float) -> tuple[
     return alloc, new
 
 
-@app.command()
 def compress(
     arch: Annotated[str, typer.Option(help="Teacher variant to compress, e.g. imdn")],
     weights: Annotated[str, typer.Option(help="Its trained weights (.pth)")],

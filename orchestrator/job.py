@@ -4,7 +4,7 @@ Distributed structure of a job (numbered as they run):
   [J1] connect to Ray (a local embedded cluster by default, or ``--address``);
   [J2] teacher: the given weights, or a small one trained briefly (a Ray task) when there are none;
   [J3] prune: a ``TorchTrainer(prune_worker)`` run → density (skipped when the spec gives ``prune.density``);
-  [J4] allocate: the paper's C/L/B rule from the density (pure ``sr.compress``), the search's first trial;
+  [J4] allocate: the paper's C/L/B rule from the density (pure ``sr.allocate``), the search's first trial;
   [J5] cache: teacher outputs on a fixed patch pool, a Ray task writing onto the job's storage;
   [J6] search: ``orchestrator.search`` (Tune + Optuna, one TorchTrainer per trial);
   [J7] choose: Pareto front from MLflow, tagged on the runs and printed.
@@ -634,7 +634,7 @@ def paper_allocation(spec: Any, teacher: dict[str, Any], density: float) -> dict
     Returns None (no seed, with a printed note) when neither applies: a student family other than EDSR/SwinIR
     whose teacher has no C/B knobs.
     """
-    from sr.compress import allocate, allocate_arch
+    from sr.allocate import allocate, allocate_arch
     from sr.models import family_of, resolve_knobs
 
     t_family, s_family = family_of(teacher["arch"]), family_of(spec.student.arch)

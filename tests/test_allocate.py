@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from sr.compress import Allocation, allocate, allocate_arch, exact_params, predicted_params_generic
+from sr.allocate import Allocation, allocate, allocate_arch, exact_params, predicted_params_generic
 from sr.errors import ConfigError
 
 try:
