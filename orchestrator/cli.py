@@ -156,13 +156,9 @@ def complexity(
 # ---------------------------------------------------------------------------------------------------------- eval
 def load_model(arch: str, *, scale: int, knobs: dict[str, Any], weights: str | None):
     """Build ``arch`` and load ``weights`` (weights_only; one-line error on a mismatch)."""
-    from sr.checkpoint import load_weights
-    from sr.models import build
+    from sr.stages import load_model as _load  # deferred: torch and the model registry are heavy for the CLI
 
-    model = build(arch, scale=scale, **knobs)
-    if weights:
-        load_weights(model, weights, arch=arch)
-    return model
+    return _load(arch, {**knobs, "scale": scale}, weights)
 
 
 @app.command("eval")

@@ -228,40 +228,49 @@ def run_prune_stage(
     skip_bad: bool = False,
     quiet: bool = False,
 ) -> dict[str, Any]:
-    """OBProx-SG fine-tune of ``arch`` (loaded from ``weights``); writes ``out/pruned.pth`` and ``out/density.json``.
+    """OBProx-SG fine-tune of ``arch`` (loaded from ``weights``) through ``sr.stages.prune_stage``, which writes
+    ``out/pruned.pth`` and ``out/density.json``.
 
     Returns:
         The content of ``density.json`` (density, history, per-layer densities, settings, validation scores of
         the model before and after pruning and of bicubic).
     """
-    from sr.checkpoint import save_checkpoint
-    from sr.data import PatchDataset
+    # deferred: torch-heavy, and this module loads with every srcompress command
+    from sr._train import find_latest_checkpoint
     from sr.evaluate import evaluate_bicubic, evaluate_model
     from sr.models import arch_tag, family_of
-    from sr.prune import latest_checkpoint, prune_finetune
+    from sr.prune import PruneConfig
+    from sr.stages import patch_data, prune_stage
 
     t0 = time.perf_counter()
     ckpt_dir = out / "ckpt"
-    resumed = _step_of(latest_checkpoint(ckpt_dir))
+    resumed = _step_of(find_latest_checkpoint(ckpt_dir))
     _check_fresh(ckpt_dir, resumed, resume=resume)
     knobs = {**knobs, "scale": scale}
-    family = family_of(arch)
     model = load_model(arch, scale=scale, knobs={k: v for k, v in knobs.items() if k != "scale"}, weights=weights)
     pairs, val_name = _val_pairs(val, scale, skip_bad=skip_bad)
     if not isinstance(steps, int) or steps < 1:
         raise UserError(f"--steps must be a positive integer, got {steps!r}; pass e.g. --steps 1000")
-    dataset = PatchDataset(
-        _train_sources(data),
-        scale=scale,
-        hr_patch=hr_patch,
-        seed=seed,
-        samples_per_epoch=steps * batch_size,
-        skip_bad=skip_bad,
-    )
+    dataset = patch_data(_train_sources(data), scale=scale, seed=seed, samples=steps * batch_size, skip_bad=skip_bad)
+    dataset = dataset(hr_patch)
     # A real epoch is one pass over the training images (REFERENCE §1: Np counted in real epochs).
     bpe = batches_per_epoch if batches_per_epoch is not None else max(1, len(dataset.hr) // batch_size)
     log_every = log_every or max(1, steps // 10)
     ckpt_every = ckpt_every or log_every
+    cfg = PruneConfig(
+        family=family_of(arch),
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        lambda_=lambda_,
+        epsilon=epsilon,
+        np_epochs=np_epochs,
+        batches_per_epoch=bpe,
+        quirk_epoch_in_samples=quirk_epoch_in_samples,
+        seed=seed,
+        log_every=log_every,
+        checkpoint_every=ckpt_every,
+    )
     before = evaluate_model(model, pairs, scale=scale)
     if np_epochs is None and int(math.ceil(steps / bpe) / 10) == 0:
         _note(
@@ -271,6 +280,21 @@ def run_prune_stage(
         )
     if resumed is not None:
         _note(f"resumed pruning from {ckpt_dir}/step_{resumed:07d} (step {resumed} of {steps})", quiet=False)
+    settings = {"data": str(data), "scale": scale, "steps": steps, "batch_size": batch_size, "hr_patch": hr_patch}
+    settings.update(lr=lr, epsilon=epsilon, np_epochs=np_epochs, batches_per_epoch=batches_per_epoch, seed=seed)
+    settings.update({"lambda": lambda_, "quirk_epoch_in_samples": quirk_epoch_in_samples})
+    settings.update(log_every=log_every, ckpt_every=ckpt_every)
+
+    def extra(pruned_model: Any) -> dict[str, Any]:
+        pruned = evaluate_model(pruned_model, pairs, scale=scale)
+        bicubic = _scores(evaluate_bicubic(pairs, scale=scale))
+        val_scores = {"data": val_name, "before": _scores(before), "pruned": _scores(pruned), "bicubic": bicubic}
+        return {"arch": arch, "tag": arch_tag(arch, **knobs), "knobs": knobs, "weights": str(weights)} | {
+            "resumed_from_step": resumed,
+            "settings": settings,
+            "val": val_scores,
+            "wall_s": time.perf_counter() - t0,
+        }
 
     with _Progress("prune", total=steps, start=resumed or 0, quiet=quiet) as prog:
 
@@ -280,78 +304,20 @@ def run_prune_stage(
                 f"lr {m['lr']:.3g}"
             )
 
-        with _interruptible(prog, lambda: latest_checkpoint(ckpt_dir)), warnings.catch_warnings():
+        with _interruptible(prog, lambda: find_latest_checkpoint(ckpt_dir)), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Prox-SG phase is empty")  # noted above in one line
-            result = prune_finetune(
+            staged = prune_stage(
                 model,
-                family=family,
+                cfg,
                 train_data=dataset,
-                steps=steps,
-                batch_size=batch_size,
-                lr=lr,
-                lambda_=lambda_,
-                epsilon=epsilon,
-                np_epochs=np_epochs,
-                batches_per_epoch=bpe,
-                quirk_epoch_in_samples=quirk_epoch_in_samples,
-                seed=seed,
-                log_every=log_every,
-                checkpoint_every=ckpt_every,
-                report=report,
+                out=out,
                 checkpoint_dir=ckpt_dir,
                 resume=resume,
+                report=report,
                 progress=lambda s, _n, loss: prog.update(s, loss),
+                extra=extra,
             )
-
-    # The raw weights are the pruned model (the EMA copy is dense; see sr.prune.PruneResult).
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    save_checkpoint(out / "pruned.pth", {"params": state})
-    pruned = evaluate_model(model, pairs, scale=scale)
-    rep = result.density
-    summary: dict[str, Any] = {
-        "arch": arch,
-        "tag": arch_tag(arch, **knobs),
-        "family": family,
-        "knobs": knobs,
-        "weights": str(weights),
-        "pruned_weights": str(out / "pruned.pth"),
-        "density": rep.density,
-        "nonzero": rep.nonzero,
-        "total": rep.total,
-        "history": [[s, d] for s, d in result.density_history],
-        "loss_history": [[s, v] for s, v in result.loss_history],
-        "per_layer": rep.per_layer,
-        "steps": result.steps,
-        "resumed_from_step": resumed,
-        "switch_step": result.switch_step,
-        "np_epochs": result.np_epochs,
-        "batches_per_epoch": result.batches_per_epoch,
-        "settings": {
-            "data": str(data),
-            "scale": scale,
-            "steps": steps,
-            "batch_size": batch_size,
-            "hr_patch": hr_patch,
-            "lr": lr,
-            "lambda": lambda_,
-            "epsilon": epsilon,
-            "np_epochs": np_epochs,
-            "batches_per_epoch": batches_per_epoch,
-            "quirk_epoch_in_samples": quirk_epoch_in_samples,
-            "log_every": log_every,
-            "ckpt_every": ckpt_every,
-            "seed": seed,
-        },
-        "val": {
-            "data": val_name,
-            "before": _scores(before),
-            "pruned": _scores(pruned),
-            "bicubic": _scores(evaluate_bicubic(pairs, scale=scale)),
-        },
-        "wall_s": time.perf_counter() - t0,
-    }
-    (out / "density.json").write_text(json.dumps(summary, indent=1))
-    return summary
+    return staged.summary
 
 
 def _print_prune(s: dict[str, Any]) -> None:

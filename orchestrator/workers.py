@@ -25,6 +25,9 @@ from typing import Any
 
 import torch
 
+from sr import stages
+from sr.prune import PruneConfig
+
 log = logging.getLogger(__name__)
 
 RESUMED_FROM_KEY = "resumed_from_step"
@@ -47,14 +50,8 @@ def run_in_trial(worker_fn: Any, config: dict[str, Any]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------ shared bits
 def load_model(spec: dict[str, Any]) -> torch.nn.Module:
-    """Build ``{"arch", "knobs", "weights"}`` and load its weights (weights_only) when given."""
-    from sr.checkpoint import load_weights
-    from sr.models import build
-
-    model = build(spec["arch"], **spec.get("knobs", {}))
-    if spec.get("weights"):
-        load_weights(model, spec["weights"], arch=spec["arch"])
-    return model
+    """Build ``{"arch", "knobs", "weights"}`` through ``sr.stages.load_model`` (the one model loader)."""
+    return stages.load_model(spec["arch"], spec.get("knobs", {}), spec.get("weights"))
 
 
 def train_sources(data: dict[str, Any]) -> list:
@@ -257,32 +254,10 @@ def _log_final_artifacts(config: dict[str, Any], result: Any, pairs: list | None
 
 
 # ------------------------------------------------------------------------------------------------- [W1] prune
-def prune_worker(config: dict[str, Any]) -> None:
-    """Per-worker pruning: OBProx-SG fine-tune of the teacher; rank 0 writes the pruned weights + density."""
-    from sr.data import PatchDataset
-    from sr.prune import prune_finetune
-
-    torch.set_num_threads(int(config.get("threads", 1)))
-    rank, world, _ = _context()
-    p = config["prune"]
-    model = _prepare(load_model(config["teacher"]), world)
-    data = config["data"]
-    dataset = PatchDataset(
-        train_sources(data),
-        scale=int(config["scale"]),
-        hr_patch=int(p["hr_patch"]),
-        seed=int(p.get("seed", 0)),
-        samples_per_epoch=int(p["steps"]) * int(p["batch_size"]),
-        skip_bad=bool(data.get("skip_bad", False)),
-    )
-    local = Path(tempfile.mkdtemp(prefix=f"prune_r{rank}_"))
-    resume_dir, resumed_step = _restore_checkpoint(local)
-    static = {RESUMED_FROM_KEY: resumed_step}
-    report = _reporter(static, config.get("tracking"), rank, world, total_steps=int(p["steps"]))
-    result = prune_finetune(
-        model,
-        family=config["family"],
-        train_data=dataset,
+def prune_config(p: dict[str, Any], family: str) -> PruneConfig:
+    """The :class:`sr.prune.PruneConfig` of a job's ``prune`` worker settings."""
+    return PruneConfig(
+        family=family,
         steps=int(p["steps"]),
         batch_size=int(p["batch_size"]),
         lr=float(p["lr"]),
@@ -296,25 +271,39 @@ def prune_worker(config: dict[str, Any]) -> None:
         gamma=float(p.get("gamma", 0.5)),
         seed=int(p.get("seed", 0)),
         log_every=int(p.get("log_every", 10)),
-        report=report,
+    )
+
+
+def prune_worker(config: dict[str, Any]) -> None:
+    """Per-worker pruning: ``sr.stages.prune_stage`` on the teacher; rank 0 writes the pruned weights + density."""
+    torch.set_num_threads(int(config.get("threads", 1)))
+    rank, world, _ = _context()
+    p = config["prune"]
+    cfg = prune_config(p, config["family"])
+    model = _prepare(load_model(config["teacher"]), world)
+    data = config["data"]
+    dataset = stages.patch_data(
+        train_sources(data),
+        scale=int(config["scale"]),
+        seed=cfg.seed,
+        samples=cfg.steps * cfg.batch_size,
+        skip_bad=bool(data.get("skip_bad", False)),
+    )(int(p["hr_patch"]))
+    local = Path(tempfile.mkdtemp(prefix=f"prune_r{rank}_"))
+    resume_dir, resumed_step = _restore_checkpoint(local)
+    static = {RESUMED_FROM_KEY: resumed_step}
+    report = _reporter(static, config.get("tracking"), rank, world, total_steps=cfg.steps)
+    stages.prune_stage(
+        model,
+        cfg,
+        train_data=dataset,
+        out=Path(config["output_dir"]),
         checkpoint_dir=local,
         resume=resume_dir is not None,
+        report=report,
         rank=rank,
         world_size=world,
     )
-    if rank == 0:
-        out = Path(config["output_dir"])
-        out.mkdir(parents=True, exist_ok=True)
-        raw = model.module if hasattr(model, "module") else model
-        from sr.checkpoint import save_checkpoint
-
-        save_checkpoint(out / "pruned.pth", {"params": {k: v.detach().cpu() for k, v in raw.state_dict().items()}})
-        d = result.density
-        (out / "density.json").write_text(
-            json.dumps(
-                {"density": d.density, "nonzero": d.nonzero, "total": d.total, "history": result.density_history}
-            )
-        )
     shutil.rmtree(local, ignore_errors=True)
 
 
