@@ -352,7 +352,8 @@ from orchestrator import cli_choose, cli_cluster, cli_method  # noqa: E402, F401
 
 # Temporary (until orchestrator/cli/ registers commands explicitly): cli_method no longer decorates its commands.
 for _n in ("prune", "distill", "compress"):
-    app.command(_n)(getattr(cli_method, _n))
+    if hasattr(cli_method, _n):  # absent when cli_method was imported first (it imports this module)
+        app.command(_n)(getattr(cli_method, _n))
 
 if __name__ == "__main__":
     # Run as a script, this file is ``__main__``; the command modules register on ``orchestrator.cli.app``,

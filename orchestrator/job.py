@@ -204,7 +204,7 @@ def _use_gpu(spec: Any) -> bool:
 # ------------------------------------------------------------------------------------------- [J2] teacher
 def _train_fallback_teacher(spec: Any, out: Path) -> str:
     """A small teacher trained briefly on the training data (GT only), for machines without real weights."""
-    import ray
+    import ray  # deferred: ray is heavy and only needed when the job runs
 
     fb = spec.teacher.fallback
     arch = fb.arch or spec.teacher.arch
@@ -213,38 +213,22 @@ def _train_fallback_teacher(spec: Any, out: Path) -> str:
 
     @ray.remote(num_cpus=1)
     def train_teacher() -> str:
-        import torch
+        import torch  # deferred: runs in the Ray task's process
 
-        from sr.checkpoint import save_checkpoint
-        from sr.data import PatchDataset, resolve_train_sources
-        from sr.distill import KDConfig, fit_kd
-        from sr.models import build
+        from sr.stages import fallback_teacher  # deferred: torch-heavy, needed only in the task
 
         torch.set_num_threads(1)
-        model = build(arch, **knobs)
-        cfg = KDConfig(
+        path = fallback_teacher(
+            arch,
+            knobs,
+            train=train,
+            scale=scale,
             steps=fb.steps,
             batch_size=fb.batch_size,
-            hr_patch=48,
-            scale=scale,
             lr=fb.lr,
-            w_gt=1.0,
-            w_lap=0.0,
-            w_hf=0.0,
-            ema_decay=None,
             seed=seed,
-            log_every=fb.steps,
+            out=out / "teacher_fallback.pth",
         )
-        data = PatchDataset(
-            resolve_train_sources(train),
-            scale=scale,
-            hr_patch=48,
-            seed=seed,
-            samples_per_epoch=fb.steps * fb.batch_size,
-        )
-        res = fit_kd(cfg, student=model, teacher=None, train_data=data)
-        path = out / "teacher_fallback.pth"
-        save_checkpoint(path, {"params": {k: v.detach().cpu() for k, v in res.model.state_dict().items()}})
         return str(path)
 
     print(f"[srcompress] no teacher weights: training a small {arch} teacher for {fb.steps} steps", flush=True)
@@ -331,26 +315,30 @@ def run_prune(spec: Any, teacher: dict[str, Any], out: Path, tracking: dict[str,
 # --------------------------------------------------------------------------------------------- [J5] cache
 def build_cache(spec: Any, teacher: dict[str, Any], out: Path) -> str:
     """Teacher outputs on a fixed patch pool, computed once per job by a Ray task and reused by every trial."""
-    import ray
+    import ray  # deferred: ray is heavy and only needed when the job runs
 
     n, scale, seed, patch = spec.data.cache.n_patches, spec.data.scale, spec.seed, spec.data.patch_at(0)
     train = spec.data.train
 
     @ray.remote(num_cpus=1)
     def cache_task() -> str:
-        import torch
+        import torch  # deferred: runs in the Ray task's process
 
-        from orchestrator.workers import load_model
-        from sr.data import PatchDataset, resolve_train_sources
-        from sr.teacher_cache import build_teacher_cache
+        from sr.data import resolve_train_sources  # deferred: torch-heavy, needed only in the task
+        from sr.stages import load_model, teacher_cache_stage
 
         torch.set_num_threads(1)
-        model = load_model(teacher).eval()
-        # Un-augmented pool: CachedKDDataset applies the dihedral transforms when it reads.
-        data = PatchDataset(
-            resolve_train_sources(train), scale=scale, hr_patch=patch, seed=seed, samples_per_epoch=n, augment=False
+        model = load_model(teacher["arch"], teacher.get("knobs", {}), teacher.get("weights"))
+        info = teacher_cache_stage(
+            model,
+            resolve_train_sources(train),
+            scale=scale,
+            hr_patch=patch,
+            seed=seed,
+            n_patches=n,
+            out_dir=out / "cache",
+            device="cpu",
         )
-        info = build_teacher_cache(model, data, n_patches=n, out_dir=out / "cache", batch_size=16, device="cpu")
         return str(info.path)
 
     return ray.get(cache_task.remote())

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from sr.errors import CheckpointError, ConfigError, DataError
 from sr._train import StepPlan
 from sr.checkpoint import read_state_dict
+from sr.errors import CheckpointError, ConfigError, DataError
 from sr.prune import (
     OBProxSG,
     PruneConfig,
@@ -29,6 +29,7 @@ def _pf(model, **kw):
     """prune_finetune with the old keyword form: the settings go into a PruneConfig."""
     run = {k: kw.pop(k) for k in _RUN_ARGS if k in kw}
     return prune_finetune(model, PruneConfig(**kw), **run)
+
 
 try:
     from sr.models import build as build_model
@@ -458,9 +459,7 @@ def test_checkpoint_resume_matches_uninterrupted_run(tmp_path):
 
     resumed_model = _tiny_model(seed=99)  # different init: everything must come from the checkpoint
     seen = []
-    res = _pf(
-        resumed_model, checkpoint_dir=ckdir, resume=True, report=lambda m, c: seen.append((m["step"], c)), **kw
-    )
+    res = _pf(resumed_model, checkpoint_dir=ckdir, resume=True, report=lambda m, c: seen.append((m["step"], c)), **kw)
     assert [s for s, _ in seen] == [8, 10] and seen[-1][1] == str(ckdir / "step_0000010")
     for (n, a), (_, b) in zip(ref_model.state_dict().items(), resumed_model.state_dict().items(), strict=True):
         assert torch.equal(a, b), n
