@@ -40,6 +40,7 @@ __all__ = [
     "StepBatches",
     "StepPlan",
     "TrainData",
+    "average_gradients",
     "check_rank",
     "collate",
     "find_latest_checkpoint",
@@ -47,6 +48,7 @@ __all__ = [
     "patch_stages",
     "pick_device",
     "prune_checkpoints",
+    "resume_rng",
     "rng_state",
     "seed_all",
     "set_rng_state",
@@ -343,3 +345,23 @@ def check_rank(rank: int, world_size: int, batch_size: int, *, who: str) -> None
         raise ConfigError(
             f"{who}.batch_size {batch_size} is not divisible by world_size {world_size}; use a multiple of {world_size}"
         )
+
+
+def resume_rng(state: Mapping[str, Any], device: torch.device, *, seed: int, rank: int, start: int) -> None:
+    """After loading a checkpoint written by rank 0: restore its RNG on rank 0; the other ranks get a fresh,
+    step-dependent stream (the checkpoint holds rank 0's RNG only)."""
+    if rank == 0:
+        set_rng_state(state, device)
+    else:
+        seed_all(seed + 1000 * rank + start)
+
+
+def average_gradients(model: nn.Module, world_size: int) -> None:
+    """Mean of each gradient over the ``world_size`` ranks of the default torch.distributed group, for a model
+    trained without a DDP wrapper (CSD's sliced forward runs the bare module)."""
+    import torch.distributed as dist  # deferred: only multi-rank runs need the distributed package loaded
+
+    for p in model.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world_size

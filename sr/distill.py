@@ -54,9 +54,9 @@ from sr._train import (
     patch_stages,
     pick_device,
     prune_checkpoints,
+    resume_rng,
     rng_state,
     seed_all,
-    set_rng_state,
     unwrap,
     write_checkpoint,
 )
@@ -215,10 +215,7 @@ def _restore(parts: _Parts, cfg: KDConfig, state_path: Path | None, rank: int) -
         raise CheckpointError(
             f"checkpoint {state_path} is at step {start}, past KDConfig.steps {cfg.steps}; raise steps"
         )
-    if rank == 0:
-        set_rng_state(st["rng"], parts.dev)
-    else:  # the checkpoint holds rank 0's RNG only; other ranks get a fresh, step-dependent stream
-        seed_all(cfg.seed + 1000 * rank + start)
+    resume_rng(st["rng"], parts.dev, seed=cfg.seed, rank=rank, start=start)
     log.info("resumed KD from %s at step %d", state_path, start)
     return start
 
