@@ -74,7 +74,7 @@ def csd_worker(config: dict[str, Any]) -> None:
         device=device,
         skip_bad=bool(data.get("skip_bad", False)),
     )
-    if rank == 0 and config.get("tracking", {}).get("run_id"):
+    if rank == 0 and (config.get("tracking") or {}).get("run_id"):
         # config["student"] is the exported student, so config.json + weights.pth rebuild a plain EDSR.
         _log_final_artifacts(config, SimpleNamespace(model=out.student), pairs)
     shutil.rmtree(local, ignore_errors=True)

@@ -199,7 +199,7 @@ def kd_worker(config: dict[str, Any]) -> None:
         device=device,
         wrap=lambda m: _prepare(m, world),
     )
-    if rank == 0 and config.get("tracking", {}).get("run_id"):
+    if rank == 0 and (config.get("tracking") or {}).get("run_id"):
         _log_final_artifacts(config, result, pairs)
     shutil.rmtree(local, ignore_errors=True)
 

@@ -22,10 +22,7 @@ import skimage.data
 import torch
 from PIL import Image
 
-# orchestrator.cli first: it imports cli_method and registers its commands (importing cli_method first would
-# enter the cli <-> cli_method cycle from the other side).
-import orchestrator.cli  # noqa: I001
-import orchestrator.cli_method
+# orchestrator.cli imports cli_method and registers its commands.
 from orchestrator.cli import main
 from sr.checkpoint import load_weights
 from sr.data import load_eval_pairs
@@ -238,14 +235,14 @@ def test_compress_with_given_density_skips_pruning(capsys, tiny, tmp_path):
 
 
 def test_allocate_student_matches_allocate_arch_without_overrides():
-    from sr.allocate import allocate_arch
+    from sr.allocate import allocate_arch, allocate_student
 
-    alloc, knobs = orchestrator.cli_method.allocate_student("edsr_baseline", {"scale": 2}, 0.03)
+    alloc, knobs = allocate_student("edsr_baseline", {"scale": 2}, 0.03)
     ref_alloc, ref_knobs = allocate_arch("edsr_baseline", 0.03)
     assert (alloc.C, alloc.L, alloc.B) == (16, 1, 8) == (ref_alloc.C, ref_alloc.L, ref_alloc.B)
     assert knobs == ref_knobs
     # with overrides the same rule runs from the overridden sizes (imdn's split width follows C)
-    alloc, knobs = orchestrator.cli_method.allocate_student("imdn", {"C": 32, "scale": 3}, 0.25)
+    alloc, knobs = allocate_student("imdn", {"C": 32, "scale": 3}, 0.25)
     assert knobs["C"] == alloc.C and knobs["distilled"] == round(16 * alloc.C / 32) and knobs["scale"] == 3
 
 

@@ -17,7 +17,7 @@ def test_prune_stage_cli_and_ray_worker_give_the_same_outputs(ray_local, t91_dir
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from orchestrator.cli_method import run_prune_stage
+    from orchestrator.method_run import run_prune_stage
     from orchestrator.workers import prune_worker
 
     knobs = {"C": 8, "L": 1, "B": 2}
@@ -65,6 +65,63 @@ def test_prune_stage_cli_and_ray_worker_give_the_same_outputs(ray_local, t91_dir
     assert [d for _, d in ray_summary["history"]] == pytest.approx([d for _, d in cli["history"]], abs=1e-6)
     a = read_state_dict(tmp_path / "cli" / "pruned.pth")
     b = read_state_dict(tmp_path / "ray" / "pruned.pth")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+@pytest.mark.ray
+def test_distill_stage_cli_and_ray_worker_give_the_same_outputs(ray_local, t91_dir: Path, tmp_path: Path) -> None:
+    """``srcompress distill``'s stage and the Ray ``kd_worker`` both run ``sr.stages.distill_stage``: same seed,
+    same student weights and validation PSNR."""
+    import dataclasses
+
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from orchestrator.method_run import run_distill_stage
+    from orchestrator.workers import kd_worker
+    from sr.distill import KDConfig
+
+    t_knobs, s_knobs = {"C": 8, "L": 1, "B": 2}, {"C": 4, "L": 1, "B": 1}
+    torch.manual_seed(0)
+    teacher = tmp_path / "teacher.pth"
+    save_checkpoint(teacher, {"params": build("edsr_baseline", scale=2, **t_knobs).state_dict()})
+    cfg = KDConfig(steps=4, batch_size=2, hr_patch=32, scale=2, lr=1e-3, ema_decay=None, log_every=2, seed=5)
+
+    cli = run_distill_stage(
+        cfg=cfg,
+        student_arch="edsr_baseline",
+        student_knobs=s_knobs,
+        teacher_arch="edsr_baseline",
+        teacher_knobs=t_knobs,
+        teacher_weights=str(teacher),
+        data=str(t91_dir),
+        val=None,
+        out=tmp_path / "cli",
+        quiet=True,
+    )
+    config = {
+        "kd": dataclasses.asdict(cfg),
+        "student": {"arch": "edsr_baseline", "knobs": {**s_knobs, "scale": 2}},
+        "teacher": {"arch": "edsr_baseline", "knobs": {**t_knobs, "scale": 2}, "weights": str(teacher)},
+        "data": {"train": [str(t91_dir)], "val": None, "skip_bad": False},
+        "threads": 1,
+        "tracking": None,
+    }
+    result = TorchTrainer(
+        kd_worker,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=1, use_gpu=False, resources_per_worker={"CPU": 1}),
+        run_config=RunConfig(name="distill_both_ways", storage_path=str(tmp_path / "train")),
+    ).fit()
+
+    assert result.metrics["step"] == cli["steps"] == 4
+    assert result.metrics["val_psnr_y"] == pytest.approx(cli["val_psnr_y"], abs=1e-4)
+    assert result.metrics["loss"] == pytest.approx(cli["loss"], rel=1e-4)
+    a = read_state_dict(tmp_path / "cli" / "student.pth")
+    with result.checkpoint.as_directory() as d:
+        b = torch.load(Path(d) / "weights.pth", weights_only=True)["params"]
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
