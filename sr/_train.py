@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -244,7 +245,7 @@ class Ema:
 
 def rng_state(device: torch.device) -> dict[str, Any]:
     """The torch, numpy and python global RNG states (+ the CUDA device's), storable with weights_only."""
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()  # the legacy tuple form (numpy's stubs also allow a dict)
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         # numpy's MT19937 keys as a tensor: weights_only loading refuses numpy arrays
@@ -359,8 +360,6 @@ def resume_rng(state: Mapping[str, Any], device: torch.device, *, seed: int, ran
 def average_gradients(model: nn.Module, world_size: int) -> None:
     """Mean of each gradient over the ``world_size`` ranks of the default torch.distributed group, for a model
     trained without a DDP wrapper (CSD's sliced forward runs the bare module)."""
-    import torch.distributed as dist  # deferred: only multi-rank runs need the distributed package loaded
-
     for p in model.parameters():
         if p.grad is not None:
             dist.all_reduce(p.grad)

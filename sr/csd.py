@@ -36,12 +36,14 @@ every student output, as the reference code does. Upsampling uses ``sr.degrade.b
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from sr.degrade import bicubic_upsample
 from sr.errors import ConfigError, UserError
 from sr.models.edsr import EDSR
 from sr.models.edsr import build as build_edsr
@@ -149,7 +151,7 @@ def export_width(model: nn.Module, width: float) -> EDSR:
     """
     edsr = _check_edsr(model)
     c = student_channels(edsr, width)
-    first_block = edsr.body[0]
+    first_block: Any = edsr.body[0]  # an EDSR residual block (nn.Sequential indexing types it as Module)
     student = build_edsr(
         C=c,
         L=first_block.num_convs - 1,
@@ -164,7 +166,7 @@ def export_width(model: nn.Module, width: float) -> EDSR:
     sliced = {k: v.detach().clone().contiguous() for k, v in _sliced_params(edsr, width).items()}
     student.load_state_dict(sliced, strict=True)
     student.train(edsr.training)
-    return student
+    return _check_edsr(student)
 
 
 # ------------------------------------------------------------------------------------------------------ loss
@@ -176,8 +178,6 @@ def bicubic_negatives(lr: torch.Tensor, *, scale: int, count: int = 10) -> torch
 
     Uses ``sr.degrade.bicubic_upsample`` (MATLAB-compatible ``imresize``), not clipped.
     """
-    from sr.degrade import bicubic_upsample
-
     if count < 1:
         raise ConfigError(f"neg_count must be >= 1, got {count}; pass e.g. 10, or lambda_c=0 to disable CL")
     return bicubic_upsample(lr[: min(count, lr.shape[0])].detach(), scale)

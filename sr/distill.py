@@ -255,7 +255,9 @@ def _kd_step(
                     t_out = teacher(lr_b)
             else:
                 t_out = teacher(lr_b)
-    terms = kd_loss(sr.float(), None if t_out is None else t_out.float(), hr_b, gt_loss=cfg.gt_loss, **weights)
+    t = None if t_out is None else t_out.float()
+    w = weights
+    terms = kd_loss(sr.float(), t, hr_b, gt_loss=cfg.gt_loss, w_gt=w["w_gt"], w_lap=w["w_lap"], w_hf=w["w_hf"])
     opt, scaler = parts.optimizer, parts.scaler
     opt.zero_grad(set_to_none=True)
     scaler.scale(terms["total"]).backward()
@@ -390,7 +392,7 @@ class _Run:
             batch = tuple(b.to(parts.dev, non_blocking=True) for b in batch)
             if weights is None:
                 weights = _effective_weights(
-                    cfg, self.teacher, batch[2] if len(batch) == 3 else None, *batch[:2], cfg.patch_at(step)
+                    cfg, self.teacher, batch[2] if len(batch) == 3 else None, batch[0], batch[1], cfg.patch_at(step)
                 )
             terms = _kd_step(cfg, parts, self.student, self.teacher, batch, weights)
             win.acc += torch.stack([terms[k].detach().double() for k in ("total", "gt", "lap", "hf")])
@@ -426,9 +428,10 @@ class _Run:
 
     def _validate(self) -> None:
         ema, core = self.parts.ema, self.parts.core
+        assert self.val_pairs is not None  # only called with validation pairs
         res = evaluate(
             ema.model if ema is not None else core, self.val_pairs, scale=self.cfg.scale, device=self.parts.dev
-        )  # type: ignore[arg-type]
+        )
         self.metrics.update(val_psnr_y=res["psnr_y"], val_ssim_y=res["ssim_y"])
         self.per_image = res["per_image"]
 

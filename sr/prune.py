@@ -104,7 +104,7 @@ def deep_feature_weights(model: nn.Module, family: str) -> list[tuple[str, torch
         raise ConfigError(
             f"no deep-feature rule for model family {family!r}; valid families: {', '.join(sorted(_DEEP_WEIGHTS))}"
         )
-    out = [(n, p) for n, p in unwrap(model).named_parameters() if pattern.match(n)]
+    out: list[tuple[str, torch.Tensor]] = [(n, p) for n, p in unwrap(model).named_parameters() if pattern.match(n)]
     if not out:
         raise ConfigError(
             f"the model has no parameter matching {pattern.pattern!r} of family {family!r}; "
@@ -442,7 +442,7 @@ def _train(
         if checkpoint_dir is not None and rank == 0 and (step % cfg.checkpoint_every == 0 or step == cfg.steps):  # type: ignore[operator]
             ckpt = loop.save(Path(checkpoint_dir), step)
         if report is not None:
-            metrics = {"step": step, "loss": mean_loss, "density": rep.density, "nonzero": rep.nonzero}
+            metrics: dict[str, Any] = {"step": step, "loss": mean_loss, "density": rep.density, "nonzero": rep.nonzero}
             metrics.update(phase=phase, lr=step_lr, epoch=opt.epoch_at(step - 1))
             report(metrics, ckpt)
     return step

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sr._train import unwrap
 from sr.checkpoint import load_weights, save_checkpoint
 from sr.csd import export_width
 from sr.csd_train import CSDConfig, CSDResult, fit_csd
@@ -59,7 +60,7 @@ def load_model(arch: str, knobs: Mapping[str, Any] | None = None, weights: str |
 
 def save_weights(path: Path, model: nn.Module) -> Path:
     """``{"params": state_dict}`` on the CPU, written atomically (BasicSR layout)."""
-    raw = model.module if isinstance(getattr(model, "module", None), nn.Module) else model
+    raw = unwrap(model)
     return save_checkpoint(path, {"params": {k: v.detach().cpu() for k, v in raw.state_dict().items()}})
 
 

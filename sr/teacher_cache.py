@@ -35,10 +35,10 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -305,7 +305,7 @@ def _check_inputs(dataset: Dataset, *, n_patches: int, t_dtype: str, batch_size:
 def _fill(
     teacher: nn.Module,
     dataset: Dataset,
-    arrays: dict[str, np.ndarray],
+    arrays: Mapping[str, np.ndarray],
     *,
     n_patches: int,
     batch_size: int,
@@ -410,13 +410,13 @@ class CachedKDDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         p, k = self.transform_of(int(i))
-        out = []
+        out: list[torch.Tensor] = []
         for a in _ARRAYS:
             exact = a == "teacher_out" and self.exact_dihedral
             # np.array: copy out of the read-only memmap
             x = torch.from_numpy(np.array(self._arrays[a][p, k] if exact else self._arrays[a][p]))
             x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-            out.append(x if exact else dihedral(x, k))
+            out.append(x if exact else cast(torch.Tensor, dihedral(x, k)))  # a Tensor in, a Tensor out
         return out[0], out[1], out[2]
 
 
