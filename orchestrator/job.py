@@ -260,6 +260,7 @@ def resolve_teacher(spec: Any, out: Path) -> tuple[dict[str, Any], str | None]:
 # --------------------------------------------------------------------------------------------- [J3] prune
 def run_prune(spec: Any, teacher: dict[str, Any], out: Path, tracking: dict[str, Any] | None) -> float:
     """A TorchTrainer pruning run of the teacher; returns the final density."""
+    # deferred: ray and torch (the worker module, the model registry) are heavy; job.py loads with the light CLI
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -622,6 +623,7 @@ def paper_allocation(spec: Any, teacher: dict[str, Any], density: float) -> dict
     Returns None (no seed, with a printed note) when neither applies: a student family other than EDSR/SwinIR
     whose teacher has no C/B knobs.
     """
+    # deferred: torch and the model registry are heavy, and job.py loads with the light CLI
     from sr.allocate import allocate, allocate_arch
     from sr.models import family_of, resolve_knobs
 
