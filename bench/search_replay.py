@@ -50,8 +50,8 @@ from bench._common import REPO, bench_main, log, make_parser
 from orchestrator.results.pareto import hypervolume_2d, hypervolume_history, pareto_mask, reference_point
 from orchestrator.search import INFEASIBLE_PSNR, SearchPlan, make_searcher, sampler_settings
 from search_spaces import clamp_to_space, parse_size
+from sr.allocate import allocate_arch
 from sr.budget import Budget, is_feasible, price
-from sr.compress import allocate_arch
 from sr.errors import ConfigError
 
 NAME = "search_replay"

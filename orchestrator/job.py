@@ -4,7 +4,7 @@ Distributed structure of a job (numbered as they run; ``run_job`` calls one step
   [J1] connect to Ray (a local embedded cluster by default, or ``--address``): ``orchestrator._ray_connect``;
   [J2] teacher: the given weights, or a small one trained briefly (a Ray task) when there are none;
   [J3] prune: a ``TorchTrainer(prune_worker)`` run → density (skipped when the spec gives ``prune.density``);
-  [J4] allocate: the paper's C/L/B rule from the density (pure ``sr.compress``), the search's first trial;
+  [J4] allocate: the paper's C/L/B rule from the density (pure ``sr.allocate``), the search's first trial;
   [J5] cache: teacher outputs on a fixed patch pool, a Ray task writing onto the job's storage;
   [J6] search: ``orchestrator.search`` (Tune + Optuna, one TorchTrainer per trial);
   [J7] choose: Pareto front from MLflow, tagged on the runs and printed (``orchestrator._job_tracking.finish``).
@@ -65,7 +65,7 @@ def _use_gpu(spec: Any) -> bool:
 # ------------------------------------------------------------------------------------------- [J2] teacher
 def _train_fallback_teacher(spec: Any, out: Path) -> str:
     """A small teacher trained briefly on the training data (GT only), for machines without real weights."""
-    import ray
+    import ray  # deferred: ray is heavy and only needed when the job runs
 
     fb = spec.teacher.fallback
     arch = fb.arch or spec.teacher.arch
@@ -74,38 +74,22 @@ def _train_fallback_teacher(spec: Any, out: Path) -> str:
 
     @ray.remote(num_cpus=1)
     def train_teacher() -> str:
-        import torch
+        import torch  # deferred: runs in the Ray task's process
 
-        from sr.checkpoint import save_checkpoint
-        from sr.data import PatchDataset, resolve_train_sources
-        from sr.distill import KDConfig, fit_kd
-        from sr.models import build
+        from sr.stages import fallback_teacher  # deferred: torch-heavy, needed only in the task
 
         torch.set_num_threads(1)
-        model = build(arch, **knobs)
-        cfg = KDConfig(
+        path = fallback_teacher(
+            arch,
+            knobs,
+            train=train,
+            scale=scale,
             steps=fb.steps,
             batch_size=fb.batch_size,
-            hr_patch=48,
-            scale=scale,
             lr=fb.lr,
-            w_gt=1.0,
-            w_lap=0.0,
-            w_hf=0.0,
-            ema_decay=None,
             seed=seed,
-            log_every=fb.steps,
+            out=out / "teacher_fallback.pth",
         )
-        data = PatchDataset(
-            resolve_train_sources(train),
-            scale=scale,
-            hr_patch=48,
-            seed=seed,
-            samples_per_epoch=fb.steps * fb.batch_size,
-        )
-        res = fit_kd(cfg, student=model, teacher=None, train_data=data)
-        path = out / "teacher_fallback.pth"
-        save_checkpoint(path, {"params": {k: v.detach().cpu() for k, v in res.model.state_dict().items()}})
         return str(path)
 
     print(f"[srcompress] no teacher weights: training a small {arch} teacher for {fb.steps} steps", flush=True)
@@ -137,6 +121,7 @@ def resolve_teacher(spec: Any, out: Path) -> tuple[dict[str, Any], str | None]:
 # --------------------------------------------------------------------------------------------- [J3] prune
 def run_prune(spec: Any, teacher: dict[str, Any], out: Path, tracking: dict[str, Any] | None) -> float:
     """A TorchTrainer pruning run of the teacher; returns the final density."""
+    # deferred: ray and torch (the worker module, the model registry) are heavy; job.py loads with the light CLI
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -192,26 +177,30 @@ def run_prune(spec: Any, teacher: dict[str, Any], out: Path, tracking: dict[str,
 # --------------------------------------------------------------------------------------------- [J5] cache
 def build_cache(spec: Any, teacher: dict[str, Any], out: Path) -> str:
     """Teacher outputs on a fixed patch pool, computed once per job by a Ray task and reused by every trial."""
-    import ray
+    import ray  # deferred: ray is heavy and only needed when the job runs
 
     n, scale, seed, patch = spec.data.cache.n_patches, spec.data.scale, spec.seed, spec.data.patch_at(0)
     train = spec.data.train
 
     @ray.remote(num_cpus=1)
     def cache_task() -> str:
-        import torch
+        import torch  # deferred: runs in the Ray task's process
 
-        from orchestrator.workers import load_model
-        from sr.data import PatchDataset, resolve_train_sources
-        from sr.teacher_cache import build_teacher_cache
+        from sr.data import resolve_train_sources  # deferred: torch-heavy, needed only in the task
+        from sr.stages import load_model, teacher_cache_stage
 
         torch.set_num_threads(1)
-        model = load_model(teacher).eval()
-        # Un-augmented pool: CachedKDDataset applies the dihedral transforms when it reads.
-        data = PatchDataset(
-            resolve_train_sources(train), scale=scale, hr_patch=patch, seed=seed, samples_per_epoch=n, augment=False
+        model = load_model(teacher["arch"], teacher.get("knobs", {}), teacher.get("weights"))
+        info = teacher_cache_stage(
+            model,
+            resolve_train_sources(train),
+            scale=scale,
+            hr_patch=patch,
+            seed=seed,
+            n_patches=n,
+            out_dir=out / "cache",
+            device="cpu",
         )
-        info = build_teacher_cache(model, data, n_patches=n, out_dir=out / "cache", batch_size=16, device="cpu")
         return str(info.path)
 
     return ray.get(cache_task.remote())
@@ -502,7 +491,8 @@ def paper_allocation(spec: Any, teacher: dict[str, Any], density: float) -> dict
     Returns None (no seed, with a printed note) when neither applies: a student family other than EDSR/SwinIR
     whose teacher has no C/B knobs.
     """
-    from sr.compress import allocate, allocate_arch
+    # deferred: torch and the model registry are heavy, and job.py loads with the light CLI
+    from sr.allocate import allocate, allocate_arch
     from sr.models import family_of, resolve_knobs
 
     t_family, s_family = family_of(teacher["arch"]), family_of(spec.student.arch)

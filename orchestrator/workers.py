@@ -23,7 +23,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
+
+from orchestrator.tracking import Tracker
+from sr import stages
+from sr._train import unwrap
+from sr.data import fallback_eval_pairs, load_eval_pairs, resolve_train_sources
+from sr.distill import KDConfig
+from sr.evaluate import super_resolve
+from sr.prune import PruneConfig
 
 log = logging.getLogger(__name__)
 
@@ -47,44 +57,22 @@ def run_in_trial(worker_fn: Any, config: dict[str, Any]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------ shared bits
 def load_model(spec: dict[str, Any]) -> torch.nn.Module:
-    """Build ``{"arch", "knobs", "weights"}`` and load its weights (weights_only) when given."""
-    from sr.checkpoint import load_weights
-    from sr.models import build
-
-    model = build(spec["arch"], **spec.get("knobs", {}))
-    if spec.get("weights"):
-        load_weights(model, spec["weights"], arch=spec["arch"])
-    return model
+    """Build ``{"arch", "knobs", "weights"}`` through ``sr.stages.load_model`` (the one model loader)."""
+    return stages.load_model(spec["arch"], spec.get("knobs", {}), spec.get("weights"))
 
 
 def train_sources(data: dict[str, Any]) -> list:
-    from sr.data import resolve_train_sources
-
     return resolve_train_sources(data.get("train"))
 
 
-def patch_datasets(data: dict[str, Any], kd: Any):
+def patch_datasets(data: dict[str, Any], kd: Any) -> Any:
     """``hr_patch -> PatchDataset`` over the training images (the curriculum asks for one per patch size)."""
-    from sr.data import PatchDataset
-
-    sources = train_sources(data)
-
-    def train_data(hr_patch: int) -> PatchDataset:
-        return PatchDataset(
-            sources,
-            scale=kd.scale,
-            hr_patch=hr_patch,
-            seed=kd.seed,
-            samples_per_epoch=kd.steps * kd.batch_size,
-            skip_bad=bool(data.get("skip_bad", False)),
-        )
-
-    return train_data
+    samples = kd.steps * kd.batch_size
+    skip_bad = bool(data.get("skip_bad", False))
+    return stages.patch_data(train_sources(data), scale=kd.scale, seed=kd.seed, samples=samples, skip_bad=skip_bad)
 
 
 def val_pairs(data: dict[str, Any], scale: int) -> list:
-    from sr.data import fallback_eval_pairs, load_eval_pairs
-
     if data.get("val"):
         return load_eval_pairs(data["val"], scale, skip_bad=bool(data.get("skip_bad", False)))
     return fallback_eval_pairs(scale)
@@ -93,11 +81,11 @@ def val_pairs(data: dict[str, Any], scale: int) -> list:
 def _restore_checkpoint(local_root: Path) -> tuple[Path | None, int]:
     """Copy the last reported Ray checkpoint (if any) into ``local_root/step_*``; return it and its step."""
     if _IN_TRIAL is not None:
-        import ray.tune
+        import ray.tune  # deferred: ray is heavy, and sr-side callers of this module never need it
 
         ckpt = ray.tune.get_checkpoint()
     else:
-        import ray.train
+        import ray.train  # deferred: ray is heavy
 
         ckpt = ray.train.get_checkpoint()
     if ckpt is None:
@@ -114,6 +102,7 @@ def _reporter(
     static: dict[str, Any], tracker_info: dict[str, Any] | None, rank: int, world: int, *, total_steps: int = 0
 ):
     """The ``report(metrics, checkpoint_dir)`` callback handed to the ``sr`` loops."""
+    # deferred: ray is heavy and only loaded inside a running worker
     import ray.train
     import ray.tune
 
@@ -121,8 +110,6 @@ def _reporter(
 
     tracker = None
     if rank == 0 and tracker_info and tracker_info.get("run_id"):
-        from orchestrator.tracking import Tracker
-
         tracker = Tracker(tracker_info["uri"])
 
     def report(metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
@@ -164,6 +151,7 @@ def _context() -> tuple[int, int, torch.device]:
     if _IN_TRIAL is not None:
         # Ray sets CUDA_VISIBLE_DEVICES to the trial's GPU when it holds one.
         return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # deferred: ray is heavy and only loaded inside a running worker
     import ray.train
     import ray.train.torch
 
@@ -172,7 +160,7 @@ def _context() -> tuple[int, int, torch.device]:
 
 
 def _prepare(model: torch.nn.Module, world: int) -> torch.nn.Module:
-    import ray.train.torch
+    import ray.train.torch  # deferred: ray is heavy
 
     # prepare_model moves to the worker's device and wraps in DDP when world > 1.
     return ray.train.torch.prepare_model(model) if world > 1 else model.to(_context()[2])
@@ -180,67 +168,50 @@ def _prepare(model: torch.nn.Module, world: int) -> torch.nn.Module:
 
 # ---------------------------------------------------------------------------------------------------- [W2] KD
 def kd_worker(config: dict[str, Any]) -> None:
-    """Per-worker KD: build student/teacher/data from ``config`` and run ``sr.distill.fit_kd``."""
-    from sr.distill import KDConfig, fit_kd
-
+    """Per-worker KD: ``sr.stages.distill_stage`` with the trial's student, teacher (or cache) and data."""
     torch.set_num_threads(int(config.get("threads", 1)))
     rank, world, device = _context()
     kd = KDConfig(**config["kd"])
-    # The student's initial weights come from the global RNG: seed it so a trial is reproducible whatever ran
-    # before in this process (a reused trial actor, the benchmark's loop).
-    torch.manual_seed(kd.seed)
-    student = _prepare(load_model(config["student"]), world)
-    data = config["data"]
-    teacher = None
-    if data.get("cache_dir"):
-        from sr.teacher_cache import CachedKDDataset
-
-        train_data = CachedKDDataset(data["cache_dir"], augment=True, seed=kd.seed)
-    else:
-        teacher = load_model(config["teacher"]).to(device)
-        train_data = patch_datasets(data, kd)
-
+    data, student = config["data"], config["student"]
+    teacher = None if data.get("cache_dir") else load_model(config["teacher"]).to(device)
     pairs = val_pairs(data, kd.scale) if rank == 0 else None
     local = Path(tempfile.mkdtemp(prefix=f"kd_{config.get('trial_name', 'run')}_r{rank}_"))
     # Every rank restores the same (rank 0's) checkpoint, so all resume at one step.
     resume_dir, resumed_step = _restore_checkpoint(local)
-    static = dict(config.get("static_metrics", {}))
-    static[RESUMED_FROM_KEY] = resumed_step
-    report = _reporter(static, config.get("tracking"), rank, world, total_steps=kd.steps)
+    static = {**config.get("static_metrics", {}), RESUMED_FROM_KEY: resumed_step}
     if resumed_step:
         print(f"[srcompress] kd worker rank {rank} resumed from checkpoint step {resumed_step}", flush=True)
-    result = fit_kd(
+    result = stages.distill_stage(
         kd,
-        student=student,
+        student_arch=student["arch"],
+        student_knobs=student.get("knobs", {}),
+        student_weights=student.get("weights"),
         teacher=teacher,
-        train_data=train_data,
+        sources=() if data.get("cache_dir") else train_sources(data),
+        cache_dir=data.get("cache_dir"),
+        skip_bad=bool(data.get("skip_bad", False)),
         val_pairs=pairs,
-        report=report,
+        report=_reporter(static, config.get("tracking"), rank, world, total_steps=kd.steps),
         checkpoint_dir=local,
         resume_from=resume_dir,
         rank=rank,
         world_size=world,
         device=device,
+        wrap=lambda m: _prepare(m, world),
     )
-    if rank == 0 and config.get("tracking", {}).get("run_id"):
+    if rank == 0 and (config.get("tracking") or {}).get("run_id"):
         _log_final_artifacts(config, result, pairs)
     shutil.rmtree(local, ignore_errors=True)
 
 
 def _log_final_artifacts(config: dict[str, Any], result: Any, pairs: list | None) -> None:
     """Rank 0 uploads the final weights, the config and a few SR crops to the trial's MLflow run."""
-    import numpy as np
-    from PIL import Image
-
-    from orchestrator.tracking import Tracker
-    from sr.evaluate import super_resolve
-
     tracker = Tracker(config["tracking"]["uri"])
     run_id = config["tracking"]["run_id"]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        model = result.model.module if hasattr(result.model, "module") else result.model
-        torch.save({"params": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, out / "weights.pth")
+        model = unwrap(result.model)
+        stages.save_weights(out / "weights.pth", model)
         (out / "config.json").write_text(json.dumps(config, indent=2, default=str))
         tracker.log_artifact(run_id, out / "weights.pth", "checkpoint")
         tracker.log_artifact(run_id, out / "config.json")
@@ -257,32 +228,10 @@ def _log_final_artifacts(config: dict[str, Any], result: Any, pairs: list | None
 
 
 # ------------------------------------------------------------------------------------------------- [W1] prune
-def prune_worker(config: dict[str, Any]) -> None:
-    """Per-worker pruning: OBProx-SG fine-tune of the teacher; rank 0 writes the pruned weights + density."""
-    from sr.data import PatchDataset
-    from sr.prune import prune_finetune
-
-    torch.set_num_threads(int(config.get("threads", 1)))
-    rank, world, _ = _context()
-    p = config["prune"]
-    model = _prepare(load_model(config["teacher"]), world)
-    data = config["data"]
-    dataset = PatchDataset(
-        train_sources(data),
-        scale=int(config["scale"]),
-        hr_patch=int(p["hr_patch"]),
-        seed=int(p.get("seed", 0)),
-        samples_per_epoch=int(p["steps"]) * int(p["batch_size"]),
-        skip_bad=bool(data.get("skip_bad", False)),
-    )
-    local = Path(tempfile.mkdtemp(prefix=f"prune_r{rank}_"))
-    resume_dir, resumed_step = _restore_checkpoint(local)
-    static = {RESUMED_FROM_KEY: resumed_step}
-    report = _reporter(static, config.get("tracking"), rank, world, total_steps=int(p["steps"]))
-    result = prune_finetune(
-        model,
-        family=config["family"],
-        train_data=dataset,
+def prune_config(p: dict[str, Any], family: str) -> PruneConfig:
+    """The :class:`sr.prune.PruneConfig` of a job's ``prune`` worker settings."""
+    return PruneConfig(
+        family=family,
         steps=int(p["steps"]),
         batch_size=int(p["batch_size"]),
         lr=float(p["lr"]),
@@ -296,25 +245,39 @@ def prune_worker(config: dict[str, Any]) -> None:
         gamma=float(p.get("gamma", 0.5)),
         seed=int(p.get("seed", 0)),
         log_every=int(p.get("log_every", 10)),
-        report=report,
+    )
+
+
+def prune_worker(config: dict[str, Any]) -> None:
+    """Per-worker pruning: ``sr.stages.prune_stage`` on the teacher; rank 0 writes the pruned weights + density."""
+    torch.set_num_threads(int(config.get("threads", 1)))
+    rank, world, _ = _context()
+    p = config["prune"]
+    cfg = prune_config(p, config["family"])
+    model = _prepare(load_model(config["teacher"]), world)
+    data = config["data"]
+    dataset = stages.patch_data(
+        train_sources(data),
+        scale=int(config["scale"]),
+        seed=cfg.seed,
+        samples=cfg.steps * cfg.batch_size,
+        skip_bad=bool(data.get("skip_bad", False)),
+    )(int(p["hr_patch"]))
+    local = Path(tempfile.mkdtemp(prefix=f"prune_r{rank}_"))
+    resume_dir, resumed_step = _restore_checkpoint(local)
+    static = {RESUMED_FROM_KEY: resumed_step}
+    report = _reporter(static, config.get("tracking"), rank, world, total_steps=cfg.steps)
+    stages.prune_stage(
+        model,
+        cfg,
+        train_data=dataset,
+        out=Path(config["output_dir"]),
         checkpoint_dir=local,
         resume=resume_dir is not None,
+        report=report,
         rank=rank,
         world_size=world,
     )
-    if rank == 0:
-        out = Path(config["output_dir"])
-        out.mkdir(parents=True, exist_ok=True)
-        raw = model.module if hasattr(model, "module") else model
-        from sr.checkpoint import save_checkpoint
-
-        save_checkpoint(out / "pruned.pth", {"params": {k: v.detach().cpu() for k, v in raw.state_dict().items()}})
-        d = result.density
-        (out / "density.json").write_text(
-            json.dumps(
-                {"density": d.density, "nonzero": d.nonzero, "total": d.total, "history": result.density_history}
-            )
-        )
     shutil.rmtree(local, ignore_errors=True)
 
 

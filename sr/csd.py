@@ -35,18 +35,15 @@ every student output, as the reference code does. Upsampling uses ``sr.degrade.b
 
 from __future__ import annotations
 
-import math
-import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from sr.degrade import bicubic_upsample
 from sr.errors import ConfigError, UserError
 from sr.models.edsr import EDSR
 from sr.models.edsr import build as build_edsr
@@ -56,12 +53,10 @@ __all__ = [
     "CL_EPS",
     "CL_WEIGHTS",
     "bicubic_negatives",
-    "compare_csd_vs_alone",
     "contrastive_loss",
     "csd_step",
     "export_width",
     "student_channels",
-    "train_csd",
     "width_forward",
 ]
 
@@ -71,9 +66,6 @@ CL_WEIGHTS: tuple[float, ...] = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)
 CL_EPS = 1e-7
 # A width is accepted when w*C is within this of a whole number (0.1 * 30 = 3.0000000000000004).
 _WIDTH_TOL = 1e-6
-
-ReportFn = Callable[[int, dict[str, float]], None]
-ProgressFn = Callable[[int, int], None]
 
 
 # --------------------------------------------------------------------------------------------- width slicing
@@ -159,7 +151,7 @@ def export_width(model: nn.Module, width: float) -> EDSR:
     """
     edsr = _check_edsr(model)
     c = student_channels(edsr, width)
-    first_block = edsr.body[0]
+    first_block: Any = edsr.body[0]  # an EDSR residual block (nn.Sequential indexing types it as Module)
     student = build_edsr(
         C=c,
         L=first_block.num_convs - 1,
@@ -174,7 +166,7 @@ def export_width(model: nn.Module, width: float) -> EDSR:
     sliced = {k: v.detach().clone().contiguous() for k, v in _sliced_params(edsr, width).items()}
     student.load_state_dict(sliced, strict=True)
     student.train(edsr.training)
-    return student
+    return _check_edsr(student)
 
 
 # ------------------------------------------------------------------------------------------------------ loss
@@ -186,8 +178,6 @@ def bicubic_negatives(lr: torch.Tensor, *, scale: int, count: int = 10) -> torch
 
     Uses ``sr.degrade.bicubic_upsample`` (MATLAB-compatible ``imresize``), not clipped.
     """
-    from sr.degrade import bicubic_upsample
-
     if count < 1:
         raise ConfigError(f"neg_count must be >= 1, got {count}; pass e.g. 10, or lambda_c=0 to disable CL")
     return bicubic_upsample(lr[: min(count, lr.shape[0])].detach(), scale)
@@ -304,260 +294,3 @@ def csd_step(
         total.backward()
         optimizer.step()
     return {"l1_student": l1_s.detach(), "l1_teacher": l1_t.detach(), "contrastive": cl.detach(), "total": total}
-
-
-# -------------------------------------------------------------------------------------------------- training
-
-
-def _batches(data: torch.utils.data.Dataset, *, steps: int, batch_size: int, seed: int):
-    """``steps`` batches of stacked (lr, hr); epochs of a seeded permutation, so the order depends only on seed."""
-    n = len(data)  # type: ignore[arg-type]
-    if n < 1:
-        raise ConfigError("the training dataset is empty; pass at least one image")
-    gen = torch.Generator().manual_seed(seed)
-    order: list[int] = []
-    for _ in range(steps):
-        idx = []
-        while len(idx) < batch_size:
-            if not order:
-                order = torch.randperm(n, generator=gen).tolist()
-            idx.append(order.pop())
-        items = [data[i] for i in idx]
-        yield torch.stack([it[0] for it in items]), torch.stack([it[1] for it in items])
-
-
-def _train_loop(
-    model: nn.Module,
-    data: torch.utils.data.Dataset,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.optim.Optimizer], dict[str, torch.Tensor]],
-    *,
-    steps: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    report: ReportFn | None,
-    progress: ProgressFn | None,
-    report_every: int,
-) -> dict[str, Any]:
-    if steps < 1 or batch_size < 1:
-        raise ConfigError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
-    if report_every < 1:
-        raise ConfigError(f"report_every must be >= 1, got {report_every}; pass e.g. 50")
-    device = next(model.parameters()).device
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr, betas=(0.9, 0.999))
-    model.train()
-    history: list[float] = []
-    window: dict[str, list[float]] = {}
-    last: dict[str, float] = {}
-    t0 = time.perf_counter()
-    for step, (lr_b, hr_b) in enumerate(_batches(data, steps=steps, batch_size=batch_size, seed=seed), 1):
-        terms = loss_fn(lr_b.to(device), hr_b.to(device), opt)
-        vals = {k: float(v.detach()) for k, v in terms.items()}
-        if not math.isfinite(vals["total"]):
-            raise UserError(f"training loss became {vals['total']} at step {step}; lower the learning rate ({lr})")
-        history.append(vals["total"])
-        for k, v in vals.items():
-            window.setdefault(k, []).append(v)
-        if progress is not None:
-            progress(step, steps)
-        if step % report_every == 0 or step == steps:
-            last = {k: float(np.mean(v)) for k, v in window.items()}  # mean over the report window
-            window = {}
-            if report is not None:
-                report(step, last)
-    return {"steps": steps, "seconds": time.perf_counter() - t0, "loss_total": history, "final": last}
-
-
-def train_csd(
-    model: nn.Module,
-    train_data: torch.utils.data.Dataset,
-    *,
-    steps: int,
-    batch_size: int,
-    lr: float = 1e-4,
-    widths: Sequence[float] = (1.0, 0.25),
-    lambda_c: float = 200.0,
-    lambda_t: float = 1.0,
-    vgg: VGGFeatures | None,
-    seed: int = 0,
-    neg_count: int = 10,
-    report: ReportFn | None = None,
-    progress: ProgressFn | None = None,
-    report_every: int = 50,
-) -> dict[str, Any]:
-    """Train ``model`` in place with CSD for ``steps`` Adam steps (deterministic for a given seed and data).
-
-    Args:
-        model: the shared EDSR.
-        train_data: a dataset of ``(lr, hr)`` tensor pairs of equal sizes (e.g. ``sr.data.PatchDataset`` with
-            ``samples_per_epoch = steps * batch_size`` for a fresh crop per sample).
-        steps: optimizer steps.
-        batch_size: samples per step.
-        lr: Adam learning rate (betas 0.9, 0.999).
-        widths, lambda_c, lambda_t, vgg, neg_count: see ``csd_step``.
-        seed: seed of the batch order (model initialisation is the caller's).
-        report: called as ``report(step, means)`` every ``report_every`` steps and at the end, with the mean of
-            each loss term over the window.
-        progress: called as ``progress(step, steps)`` after every step.
-        report_every: steps per report window.
-
-    Returns:
-        ``steps``, ``seconds`` (wall), ``loss_total`` (per step) and ``final`` (last window's means).
-    """
-    _check_widths(widths)
-    if lambda_c > 0 and vgg is None:
-        raise UserError(MISSING_WEIGHTS_MSG)
-
-    def loss_fn(lr_b: torch.Tensor, hr_b: torch.Tensor, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-        return csd_step(
-            model,
-            lr_b,
-            hr_b,
-            widths=widths,
-            lambda_c=lambda_c,
-            lambda_t=lambda_t,
-            vgg=vgg,
-            neg_count=neg_count,
-            optimizer=opt,
-        )
-
-    return _train_loop(
-        model,
-        train_data,
-        loss_fn,
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        report=report,
-        progress=progress,
-        report_every=report_every,
-    )
-
-
-def _train_l1(
-    model: nn.Module,
-    data: torch.utils.data.Dataset,
-    *,
-    steps: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    progress: ProgressFn | None,
-) -> dict[str, Any]:
-    """Plain L1 training of a standalone model (the "student trained alone" baseline)."""
-
-    def loss_fn(lr_b: torch.Tensor, hr_b: torch.Tensor, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-        loss = F.l1_loss(model(lr_b), hr_b)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return {"total": loss.detach()}
-
-    return _train_loop(
-        model,
-        data,
-        loss_fn,
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        report=None,
-        progress=progress,
-        report_every=max(1, steps),
-    )
-
-
-def compare_csd_vs_alone(
-    train_sources: str | Path | Sequence[str | Path],
-    eval_root: str | Path,
-    *,
-    scale: int = 2,
-    C: int = 32,
-    L: int = 1,
-    B: int = 4,
-    res_scale: float = 1.0,
-    width: float = 0.25,
-    steps: int = 300,
-    batch_size: int = 16,
-    hr_patch: int = 64,
-    lr: float = 1e-4,
-    lambda_c: float = 0.0,
-    lambda_t: float = 1.0,
-    vgg: VGGFeatures | None = None,
-    neg_count: int = 10,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    progress: ProgressFn | None = None,
-) -> dict[str, Any]:
-    """Short experiment: the CSD student (width ``width``) vs the same student trained alone, equal steps.
-
-    Both start from the same weights (the student is ``export_width`` of one freshly initialised full EDSR, so
-    only the training differs), see the same batches in the same order (``PatchDataset`` with a fresh crop per
-    sample) and take ``steps`` Adam steps. CSD trains the shared full model with ``csd_step``; the student alone
-    minimises L1. Both students, the CSD teacher and bicubic are scored on ``eval_root`` (PSNR_Y / SSIM_Y,
-    crop = scale).
-
-    Returns:
-        A dict with ``csd_student``, ``alone_student``, ``csd_teacher``, ``bicubic`` (each ``psnr_y`` in dB and
-        ``ssim_y``), the student's parameter count and the settings and wall times.
-    """
-    from sr.data import PatchDataset, load_eval_pairs
-    from sr.evaluate import evaluate_bicubic, evaluate_model
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        full = build_edsr(C=C, L=L, B=B, res_scale=res_scale, scale=scale).to(device)
-    alone = export_width(full, width)
-    sources = [train_sources] if isinstance(train_sources, str | Path) else list(train_sources)
-    data = PatchDataset(sources, scale=scale, hr_patch=hr_patch, seed=seed, samples_per_epoch=steps * batch_size)
-    pairs = load_eval_pairs(eval_root, scale)
-
-    csd_run = train_csd(
-        full,
-        data,
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        widths=(1.0, width),
-        lambda_c=lambda_c,
-        lambda_t=lambda_t,
-        vgg=vgg,
-        seed=seed,
-        neg_count=neg_count,
-        progress=progress,
-    )
-    alone_run = _train_l1(alone, data, steps=steps, batch_size=batch_size, lr=lr, seed=seed, progress=progress)
-
-    def score(m: nn.Module) -> dict[str, float]:
-        res = evaluate_model(m, pairs, scale=scale, device=device)
-        return {"psnr_y": res.psnr_y, "ssim_y": res.ssim_y}
-
-    student = export_width(full, width)
-    bic = evaluate_bicubic(pairs, scale=scale)
-    return {
-        "csd_student": score(student),
-        "alone_student": score(alone),
-        "csd_teacher": score(full),
-        "bicubic": {"psnr_y": bic.psnr_y, "ssim_y": bic.ssim_y},
-        "student_params": sum(p.numel() for p in student.parameters()),
-        "settings": {
-            "scale": scale,
-            "C": C,
-            "L": L,
-            "B": B,
-            "width": width,
-            "student_C": student_channels(full, width),
-            "steps": steps,
-            "batch_size": batch_size,
-            "hr_patch": hr_patch,
-            "lr": lr,
-            "lambda_c": lambda_c,
-            "lambda_t": lambda_t,
-            "contrastive": lambda_c > 0,
-            "seed": seed,
-            "eval_images": len(pairs),
-        },
-        "seconds": {"csd": csd_run["seconds"], "alone": alone_run["seconds"]},
-        "final_loss": {"csd": csd_run["final"], "alone": alone_run["final"]},
-    }

@@ -35,10 +35,10 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -214,28 +214,7 @@ def build_teacher_cache(
         ConfigError: an augmenting dataset, ``n_patches`` out of range, a bad ``t_dtype`` or ``batch_size``.
     """
     t0 = time.perf_counter()
-    if getattr(dataset, "augment", False):
-        raise ConfigError(
-            "the dataset applies random flips/rotations; build the cache from an un-augmented one "
-            "(PatchDataset(..., augment=False)): CachedKDDataset augments when reading"
-        )
-    n_avail = len(dataset)  # type: ignore[arg-type]
-    if not isinstance(n_patches, int) or not 1 <= n_patches <= n_avail:
-        raise ConfigError(
-            f"n_patches {n_patches!r} is not in 1..{n_avail} (the dataset's length); pass a smaller n_patches or "
-            f"a dataset with samples_per_epoch >= n_patches"
-        )
-    if t_dtype not in ("float16", "float32"):
-        raise ConfigError(f"unknown t_dtype {t_dtype!r}; valid: float16, float32")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-
-    lr0, hr0 = (torch.as_tensor(x) for x in dataset[0][:2])
-    if lr0.dim() != 3 or hr0.dim() != 3 or hr0.shape[-1] % lr0.shape[-1]:
-        raise DataError(
-            f"dataset items are LR {tuple(lr0.shape)} / HR {tuple(hr0.shape)}; pass a dataset of "
-            f"(lr, hr) CHW patches such as sr.data.PatchDataset"
-        )
+    lr0, hr0 = _check_inputs(dataset, n_patches=n_patches, t_dtype=t_dtype, batch_size=batch_size)
     scale = int(getattr(dataset, "scale", hr0.shape[-1] // lr0.shape[-1]))
     hr_patch = int(hr0.shape[-1])
     seed = int(getattr(dataset, "seed", 0))
@@ -258,7 +237,6 @@ def build_teacher_cache(
     teacher.eval()
     try:
         lr_dtype = np.uint8 if _on_byte_grid(lr0) and _on_byte_grid(hr0) else np.float32
-        n_t = 8 if exact_dihedral else 1
         t_shape = (8, *hr0.shape) if exact_dihedral else tuple(hr0.shape)
         shapes = {"lr": tuple(lr0.shape), "hr": tuple(hr0.shape), "teacher_out": t_shape}
         dtypes = {"lr": lr_dtype, "hr": lr_dtype, "teacher_out": np.dtype(t_dtype)}
@@ -266,31 +244,8 @@ def build_teacher_cache(
             a: np.lib.format.open_memmap(tmp / f"{a}.npy", mode="w+", dtype=dtypes[a], shape=(n_patches, *shapes[a]))
             for a in _ARRAYS
         }
-        for b0 in range(0, n_patches, batch_size):
-            idx = range(b0, min(b0 + batch_size, n_patches))
-            items = [dataset[i] for i in idx]
-            lr = torch.stack([torch.as_tensor(it[0]) for it in items]).float()
-            hr = torch.stack([torch.as_tensor(it[1]) for it in items]).float()
-            if lr.shape[1:] != shapes["lr"] or hr.shape[1:] != shapes["hr"]:
-                raise DataError(f"dataset items {b0}.. change size; pass a dataset of equal-size patches")
-            lr_dev = lr.to(dev)
-            t_outs = [teacher(dihedral(lr_dev, k)).float().cpu() for k in range(n_t)]
-            t_out = torch.stack(t_outs, dim=1) if exact_dihedral else t_outs[0]
-            if t_outs[0].shape != hr.shape:
-                raise ConfigError(
-                    f"teacher maps LR {tuple(lr.shape[1:])} to {tuple(t_outs[0].shape[1:])}, not the HR size "
-                    f"{tuple(hr.shape[1:])}; pass a teacher of scale x{scale}"
-                )
-            for name, x in (("lr", lr), ("hr", hr)):
-                if lr_dtype == np.uint8:
-                    if not _on_byte_grid(x):
-                        raise DataError(
-                            f"dataset item {b0}.. is not on the 8-bit grid unlike item 0; pass 8-bit patches"
-                        )
-                    arrays[name][idx.start : idx.stop] = torch.round(x * 255.0).to(torch.uint8).numpy()
-                else:
-                    arrays[name][idx.start : idx.stop] = x.numpy()
-            arrays["teacher_out"][idx.start : idx.stop] = t_out.numpy().astype(dtypes["teacher_out"])
+        _fill(teacher, dataset, arrays, n_patches=n_patches, batch_size=batch_size, dev=dev, scale=scale,
+              exact_dihedral=exact_dihedral)  # fmt: skip
         for a in arrays.values():
             a.flush()
         del arrays
@@ -310,25 +265,99 @@ def build_teacher_cache(
             "teacher_class": type(teacher).__name__,
             "created_unix": time.time(),
         }
-        with open(tmp / _META, "w") as f:
-            json.dump(meta, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            other = _read_meta(final)
-            if other is not None:  # another process finished the same cache first: keep theirs
-                shutil.rmtree(tmp, ignore_errors=True)
-                return _info(final, other, built=False, wall_s=time.perf_counter() - t0)
-            shutil.rmtree(final)  # an incomplete folder under our key (not made by this module): replace it
-            os.rename(tmp, final)
+        other = _publish(tmp, final, meta)
+        if other is not None:  # another process finished the same cache first: keep theirs
+            return _info(final, other, built=False, wall_s=time.perf_counter() - t0)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
         teacher.train(was_training)
     return _info(final, meta, built=True, wall_s=time.perf_counter() - t0)
+
+
+def _check_inputs(dataset: Dataset, *, n_patches: int, t_dtype: str, batch_size: int) -> tuple[torch.Tensor, ...]:
+    """One-line errors for bad arguments; returns item 0's ``(lr, hr)``."""
+    if getattr(dataset, "augment", False):
+        raise ConfigError(
+            "the dataset applies random flips/rotations; build the cache from an un-augmented one "
+            "(PatchDataset(..., augment=False)): CachedKDDataset augments when reading"
+        )
+    n_avail = len(dataset)  # type: ignore[arg-type]
+    if not isinstance(n_patches, int) or not 1 <= n_patches <= n_avail:
+        raise ConfigError(
+            f"n_patches {n_patches!r} is not in 1..{n_avail} (the dataset's length); pass a smaller n_patches or "
+            f"a dataset with samples_per_epoch >= n_patches"
+        )
+    if t_dtype not in ("float16", "float32"):
+        raise ConfigError(f"unknown t_dtype {t_dtype!r}; valid: float16, float32")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    lr0, hr0 = (torch.as_tensor(x) for x in dataset[0][:2])
+    if lr0.dim() != 3 or hr0.dim() != 3 or hr0.shape[-1] % lr0.shape[-1]:
+        raise DataError(
+            f"dataset items are LR {tuple(lr0.shape)} / HR {tuple(hr0.shape)}; pass a dataset of "
+            f"(lr, hr) CHW patches such as sr.data.PatchDataset"
+        )
+    return lr0, hr0
+
+
+def _fill(
+    teacher: nn.Module,
+    dataset: Dataset,
+    arrays: Mapping[str, np.ndarray],
+    *,
+    n_patches: int,
+    batch_size: int,
+    dev: torch.device,
+    scale: int,
+    exact_dihedral: bool,
+) -> None:
+    """Write items ``0..n_patches-1`` and the teacher's outputs on them into the ``arrays`` memmaps."""
+    n_t = 8 if exact_dihedral else 1
+    on_grid = arrays["lr"].dtype == np.uint8
+    for b0 in range(0, n_patches, batch_size):
+        idx = range(b0, min(b0 + batch_size, n_patches))
+        items = [dataset[i] for i in idx]
+        lr = torch.stack([torch.as_tensor(it[0]) for it in items]).float()
+        hr = torch.stack([torch.as_tensor(it[1]) for it in items]).float()
+        if lr.shape[1:] != arrays["lr"].shape[1:] or hr.shape[1:] != arrays["hr"].shape[1:]:
+            raise DataError(f"dataset items {b0}.. change size; pass a dataset of equal-size patches")
+        lr_dev = lr.to(dev)
+        t_outs = [teacher(dihedral(lr_dev, k)).float().cpu() for k in range(n_t)]
+        t_out = torch.stack(t_outs, dim=1) if exact_dihedral else t_outs[0]
+        if t_outs[0].shape != hr.shape:
+            raise ConfigError(
+                f"teacher maps LR {tuple(lr.shape[1:])} to {tuple(t_outs[0].shape[1:])}, not the HR size "
+                f"{tuple(hr.shape[1:])}; pass a teacher of scale x{scale}"
+            )
+        for name, x in (("lr", lr), ("hr", hr)):
+            if on_grid:
+                if not _on_byte_grid(x):
+                    raise DataError(f"dataset item {b0}.. is not on the 8-bit grid unlike item 0; pass 8-bit patches")
+                arrays[name][idx.start : idx.stop] = torch.round(x * 255.0).to(torch.uint8).numpy()
+            else:
+                arrays[name][idx.start : idx.stop] = x.numpy()
+        arrays["teacher_out"][idx.start : idx.stop] = t_out.numpy().astype(arrays["teacher_out"].dtype)
+
+
+def _publish(tmp: Path, final: Path, meta: dict[str, Any]) -> dict[str, Any] | None:
+    """Write ``meta`` into ``tmp`` and rename it to ``final``; returns the other cache's metadata when another
+    process published the same key first (``tmp`` is then removed), else None."""
+    with open(tmp / _META, "w") as f:
+        json.dump(meta, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        other = _read_meta(final)
+        if other is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return other
+        shutil.rmtree(final)  # an incomplete folder under our key (not made by this module): replace it
+        os.rename(tmp, final)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------- read
@@ -381,13 +410,13 @@ class CachedKDDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         p, k = self.transform_of(int(i))
-        out = []
+        out: list[torch.Tensor] = []
         for a in _ARRAYS:
             exact = a == "teacher_out" and self.exact_dihedral
             # np.array: copy out of the read-only memmap
             x = torch.from_numpy(np.array(self._arrays[a][p, k] if exact else self._arrays[a][p]))
             x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-            out.append(x if exact else dihedral(x, k))
+            out.append(x if exact else cast(torch.Tensor, dihedral(x, k)))  # a Tensor in, a Tensor out
         return out[0], out[1], out[2]
 
 

@@ -22,7 +22,7 @@ import skimage.data
 import torch
 from PIL import Image
 
-import orchestrator.cli_method  # noqa: F401  (registers the commands on the app)
+# orchestrator.cli imports cli_method and registers its commands.
 from orchestrator.cli import main
 from sr.checkpoint import load_weights
 from sr.data import load_eval_pairs
@@ -119,7 +119,7 @@ def test_distill_with_cache_writes_files_and_reuses_cache(capsys, tiny, tmp_path
 
 def _cli_cmd(*args: str | Path) -> list[str]:
     # -c instead of -m orchestrator.cli: run as __main__, cli.py would be a second module whose app lacks these
-    code = "import sys, orchestrator.cli_method; from orchestrator.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from orchestrator.cli import main; sys.exit(main(sys.argv[1:]))"
     return [sys.executable, "-c", code, *map(str, args)]
 
 
@@ -235,14 +235,14 @@ def test_compress_with_given_density_skips_pruning(capsys, tiny, tmp_path):
 
 
 def test_allocate_student_matches_allocate_arch_without_overrides():
-    from sr.compress import allocate_arch
+    from sr.allocate import allocate_arch, allocate_student
 
-    alloc, knobs = orchestrator.cli_method.allocate_student("edsr_baseline", {"scale": 2}, 0.03)
+    alloc, knobs = allocate_student("edsr_baseline", {"scale": 2}, 0.03)
     ref_alloc, ref_knobs = allocate_arch("edsr_baseline", 0.03)
     assert (alloc.C, alloc.L, alloc.B) == (16, 1, 8) == (ref_alloc.C, ref_alloc.L, ref_alloc.B)
     assert knobs == ref_knobs
     # with overrides the same rule runs from the overridden sizes (imdn's split width follows C)
-    alloc, knobs = orchestrator.cli_method.allocate_student("imdn", {"C": 32, "scale": 3}, 0.25)
+    alloc, knobs = allocate_student("imdn", {"C": 32, "scale": 3}, 0.25)
     assert knobs["C"] == alloc.C and knobs["distilled"] == round(16 * alloc.C / 32) and knobs["scale"] == 3
 
 

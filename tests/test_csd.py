@@ -15,9 +15,9 @@ from sr.csd import (
     csd_step,
     export_width,
     student_channels,
-    train_csd,
     width_forward,
 )
+from sr.csd_train import CSDConfig, fit_csd
 from sr.errors import CheckpointError, ConfigError, UserError
 from sr.models import build
 from sr.vgg import FEATURE_LAYERS, VGGFeatures, load_vgg19, vgg19_layout
@@ -239,34 +239,45 @@ def test_csd_step_with_optimizer_updates_weights(vgg: VGGFeatures) -> None:
     assert not torch.equal(before, model.conv_first.weight)
 
 
+class _Pairs(torch.utils.data.Dataset):
+    def __init__(self, items: list) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        return self.items[i]
+
+
 def test_train_csd_is_deterministic_and_learns() -> None:
     torch.manual_seed(4)
     hr = F.interpolate(torch.rand(4, 3, 8, 8), size=32, mode="bilinear", align_corners=False)
     lr = F.avg_pool2d(hr, 2)
-    data = [(lr[i], hr[i]) for i in range(4)]
+    data = _Pairs([(lr[i], hr[i]) for i in range(4)])
+    cfg = CSDConfig(steps=30, batch_size=2, hr_patch=32, lr=1e-3, lambda_c=0.0, seed=7, log_every=10)
     runs = []
     for _ in range(2):
         model = _edsr(seed=5)
         reports: list[tuple[int, dict]] = []
-        out = train_csd(
+        losses: list[float] = []
+        fit_csd(
             model,
-            data,
-            steps=30,
-            batch_size=2,
-            lr=1e-3,
-            lambda_c=0.0,
+            cfg,
+            train_data=data,
             vgg=None,
-            seed=7,
-            report=lambda s, m: reports.append((s, m)),  # noqa: B023
-            report_every=10,
+            report=lambda m, _ckpt: reports.append((m["step"], m)),  # noqa: B023
+            progress=lambda _s, _n, loss: losses.append(loss),  # noqa: B023
+            device="cpu",
         )
-        runs.append((model, out, reports))
+        runs.append((model, {"loss_total": losses}, reports))
     (m1, o1, r1), (m2, o2, r2) = runs
     assert o1["loss_total"] == o2["loss_total"]
     assert all(torch.equal(a, b) for a, b in zip(m1.parameters(), m2.parameters(), strict=True))
-    assert [s for s, _ in r1] == [10, 20, 30] and set(r1[0][1]) == {"l1_student", "l1_teacher", "contrastive", "total"}
+    assert [s for s, _ in r1] == [10, 20, 30]
+    assert {"loss", "loss_l1_student", "loss_l1_teacher", "loss_contrastive"} <= set(r1[0][1])
     first, last = sum(o1["loss_total"][:5]) / 5, sum(o1["loss_total"][-5:]) / 5
-    print(f"train_csd: mean total loss first 5 steps {first:.4f}, last 5 steps {last:.4f}")
+    print(f"fit_csd: mean total loss first 5 steps {first:.4f}, last 5 steps {last:.4f}")
     assert last < first
 
 

@@ -11,9 +11,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from sr._train import StepPlan
 from sr.checkpoint import read_state_dict
 from sr.data import EvalPair, PatchDataset
-from sr.distill import KDConfig, _Plan, evaluate, find_latest_checkpoint, fit_kd
+from sr.distill import KDConfig, evaluate, find_latest_checkpoint, fit_kd
 from sr.errors import CheckpointError, ConfigError
 from sr.losses import KDWeights, multilap_loss
 from sr.metrics import psnr_y
@@ -113,15 +114,15 @@ def test_config_curriculum_lists_and_weight_presets():
 
 
 def test_plan_is_a_permutation_per_epoch_and_ranks_split_the_global_batch():
-    plan = _Plan(10, seed=3)
+    plan = StepPlan(10, seed=3)
     epoch0 = [i for s in range(5) for i in plan.indices(s, batch=2, rank=0, world=1)]
     assert sorted(epoch0) == list(range(10)) and epoch0 != list(range(10))
     epoch1 = [i for s in range(5, 10) for i in plan.indices(s, batch=2, rank=0, world=1)]
     assert sorted(epoch1) == list(range(10)) and epoch1 != epoch0
-    whole = _Plan(10, seed=3).indices(7, batch=4, rank=0, world=1)
-    halves = [_Plan(10, seed=3).indices(7, batch=4, rank=r, world=2) for r in (0, 1)]
+    whole = StepPlan(10, seed=3).indices(7, batch=4, rank=0, world=1)
+    halves = [StepPlan(10, seed=3).indices(7, batch=4, rank=r, world=2) for r in (0, 1)]
     assert halves[0] + halves[1] == whole
-    assert _Plan(10, seed=4).indices(0, batch=4, rank=0, world=1) != _Plan(10, seed=3).indices(
+    assert StepPlan(10, seed=4).indices(0, batch=4, rank=0, world=1) != StepPlan(10, seed=3).indices(
         0, batch=4, rank=0, world=1
     )
 
@@ -376,7 +377,7 @@ def test_two_ranks_see_the_global_batch(images):
             world_size=2,
             device="cpu",
         )
-    plan = _Plan(64, seed=0)
+    plan = StepPlan(64, seed=0)
     want = [i for s in range(2) for i in plan.indices(s, batch=4, rank=0, world=1)]
     got = [i for s in range(2) for i in (seen[0][2 * s : 2 * s + 2] + seen[1][2 * s : 2 * s + 2])]
     assert got == want

@@ -105,7 +105,7 @@ def test_csd_budgets_price_the_exported_student() -> None:
 def test_paper_rule_for_other_families_uses_the_teachers_rule() -> None:
     """RFDN/IMDN-CLB students: the paper's rule on the pruned teacher's own C/L/B (IMDN C64 B6 at d = 0.05)."""
     from orchestrator.job import paper_allocation
-    from sr.compress import allocate
+    from sr.allocate import allocate
 
     for name in ("rfdn", "imdn_clb"):
         spec = load_job_spec(search_spaces.path(name))

@@ -10,15 +10,26 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from sr._train import StepPlan
+from sr.checkpoint import read_state_dict
 from sr.errors import CheckpointError, ConfigError, DataError
 from sr.prune import (
     OBProxSG,
-    _StepBatches,
+    PruneConfig,
     deep_feature_weights,
     density,
     latest_checkpoint,
     prune_finetune,
 )
+
+_RUN_ARGS = ("train_data", "report", "checkpoint_dir", "resume", "rank", "world_size", "progress")
+
+
+def _pf(model, **kw):
+    """prune_finetune with the old keyword form: the settings go into a PruneConfig."""
+    run = {k: kw.pop(k) for k in _RUN_ARGS if k in kw}
+    return prune_finetune(model, PruneConfig(**kw), **run)
+
 
 try:
     from sr.models import build as build_model
@@ -367,7 +378,7 @@ def test_prune_finetune_reduces_density():
     model = _tiny_model()
     d0 = density(model, "edsr").density
     reports = []
-    res = prune_finetune(
+    res = _pf(
         model,
         family="edsr",
         train_data=_RandomPairs(),
@@ -399,7 +410,7 @@ def test_prune_finetune_reduces_density():
 
 def test_prune_finetune_milestones_halve_lr():
     reports = []
-    prune_finetune(
+    _pf(
         _tiny_model(),
         family="edsr",
         train_data=_RandomPairs(),
@@ -431,7 +442,7 @@ def test_checkpoint_resume_matches_uninterrupted_run(tmp_path):
         seed=3,
     )
     ref_model = _tiny_model()
-    ref = prune_finetune(ref_model, **kw)
+    ref = _pf(ref_model, **kw)
 
     class _Crash(Exception):
         pass
@@ -442,57 +453,53 @@ def test_checkpoint_resume_matches_uninterrupted_run(tmp_path):
 
     ckdir = tmp_path / "ck"
     with pytest.raises(_Crash):
-        prune_finetune(_tiny_model(), checkpoint_dir=ckdir, progress=crash_at_7, **kw)
+        _pf(_tiny_model(), checkpoint_dir=ckdir, progress=crash_at_7, **kw)
     assert sorted(p.name for p in ckdir.iterdir()) == ["step_0000004", "step_0000006"]  # latest 2 kept
     assert latest_checkpoint(ckdir).name == "step_0000006"
 
     resumed_model = _tiny_model(seed=99)  # different init: everything must come from the checkpoint
     seen = []
-    res = prune_finetune(
-        resumed_model, checkpoint_dir=ckdir, resume=True, report=lambda m, c: seen.append((m["step"], c)), **kw
-    )
+    res = _pf(resumed_model, checkpoint_dir=ckdir, resume=True, report=lambda m, c: seen.append((m["step"], c)), **kw)
     assert [s for s, _ in seen] == [8, 10] and seen[-1][1] == str(ckdir / "step_0000010")
     for (n, a), (_, b) in zip(ref_model.state_dict().items(), resumed_model.state_dict().items(), strict=True):
         assert torch.equal(a, b), n
     for n, a in ref.ema_state_dict.items():
         assert torch.equal(a, res.ema_state_dict[n]), n
     assert res.density_history == ref.density_history and res.loss_history == ref.loss_history
-    saved = torch.load(ckdir / "step_0000010" / "model.pt", weights_only=True)
+    saved = read_state_dict(ckdir / "step_0000010" / "weights.pth", key="params")
     assert all(torch.equal(saved[k], v) for k, v in ref_model.state_dict().items())
 
 
 def test_rank_slices_partition_each_global_batch():
-    full = _StepBatches(20, batch_size=4, seed=1, shuffle=True, start=0, steps=10, rank=0, world_size=1)
-    parts = [
-        list(_StepBatches(20, batch_size=4, seed=1, shuffle=True, start=0, steps=10, rank=r, world_size=2))
-        for r in range(2)
-    ]
-    glob = list(full)
+    def steps(rank: int, world: int, start: int = 0) -> list[list[int]]:
+        plan = StepPlan(20, seed=1)  # the one data order of sr._train, which pruning uses
+        return [plan.indices(t, batch=4, rank=rank, world=world) for t in range(start, 10)]
+
+    glob = steps(0, 1)
+    parts = [steps(r, 2) for r in range(2)]
     for t in range(10):
         assert parts[0][t] + parts[1][t] == glob[t] and len(parts[0][t]) == 2
     # each epoch (5 batches) is a permutation of the 20 samples; the next epoch reshuffles
     assert sorted(sum(glob[:5], [])) == list(range(20)) and sum(glob[:5], []) != sum(glob[5:], [])
     # resuming at step 6 yields exactly the tail
-    assert (
-        list(_StepBatches(20, batch_size=4, seed=1, shuffle=True, start=6, steps=10, rank=0, world_size=1)) == glob[6:]
-    )
+    assert steps(0, 1, start=6) == glob[6:]
 
 
 def test_prune_finetune_rejects_bad_options():
     m = _tiny_model()
     data = _RandomPairs(n=4)
     with pytest.raises(DataError):
-        prune_finetune(m, family="edsr", train_data=data, steps=1, batch_size=8)
+        _pf(m, family="edsr", train_data=data, steps=1, batch_size=8)
     with pytest.raises(ConfigError):
-        prune_finetune(m, family="edsr", train_data=data, steps=1, batch_size=3, world_size=2)
+        _pf(m, family="edsr", train_data=data, steps=1, batch_size=3, world_size=2)
     with pytest.raises(ConfigError):
-        prune_finetune(m, family="edsr", train_data=data, steps=1, batch_size=2, resume=True)
+        _pf(m, family="edsr", train_data=data, steps=1, batch_size=2, resume=True)
     with pytest.raises(ConfigError):
-        prune_finetune(m, family="edsr", train_data=data, steps=1, batch_size=2, loss="l2")  # type: ignore[arg-type]
+        _pf(m, family="edsr", train_data=data, steps=1, batch_size=2, loss="l2")  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
-        prune_finetune(m, family="nope", train_data=data, steps=1, batch_size=2)
+        _pf(m, family="nope", train_data=data, steps=1, batch_size=2)
     with pytest.warns(UserWarning, match="Prox-SG phase is empty"):
-        res = prune_finetune(m, family="edsr", train_data=data, steps=2, batch_size=2, log_every=2)
+        res = _pf(m, family="edsr", train_data=data, steps=2, batch_size=2, log_every=2)
     assert res.np_epochs == 0 and res.switch_step == 0
 
 
@@ -505,7 +512,7 @@ def test_prune_finetune_swinir_on_t91_patches(t91_dir, tmp_path):
     torch.manual_seed(0)
     model = build_model("swinir_mini", C=12, L=2, B=1, heads=3, window=8, img_size=16)
     d0 = density(model, "swinir")
-    res = prune_finetune(model, family="swinir", train_data=data, steps=4, batch_size=2, lr=0.05, lambda_=0.2,
+    res = _pf(model, family="swinir", train_data=data, steps=4, batch_size=2, lr=0.05, lambda_=0.2,
                          np_epochs=1, log_every=2, checkpoint_dir=tmp_path)  # fmt: skip
     print(f"SwinIR tiny: density {d0.density:.3f} -> {res.density.density:.3f}")
     assert res.density.total == d0.total and res.density.density < d0.density

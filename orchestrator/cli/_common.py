@@ -59,10 +59,6 @@ def _print_table(rows: list[dict[str, Any]], columns: list[str], title: str | No
 def load_model(arch: str, *, scale: int, knobs: dict[str, Any], weights: str | None):
     """Build ``arch`` and load ``weights`` (weights_only; one-line error on a mismatch)."""
     # deferred: torch is heavy and commands such as `srcompress status` never need it
-    from sr.checkpoint import load_weights
-    from sr.models import build
+    from sr.stages import load_model as load
 
-    model = build(arch, scale=scale, **knobs)
-    if weights:
-        load_weights(model, weights, arch=arch)
-    return model
+    return load(arch, {**knobs, "scale": scale}, weights)

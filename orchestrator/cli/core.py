@@ -159,8 +159,7 @@ def allocate(
     as_json: JsonOpt = False,
 ) -> None:
     """The paper's C/L/B allocation for a density, with the exact params/MACs of the compact model."""
-    # deferred: torch is heavy; only the model commands need it
-    from sr.compress import allocate_arch
+    from sr.allocate import allocate_arch  # deferred: torch is heavy; only the model commands need it
     from sr.models import arch_tag
 
     alloc, knobs = allocate_arch(arch, density)

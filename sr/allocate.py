@@ -27,7 +27,7 @@ from typing import Any, Literal
 from sr.complexity import build_on_meta, count_params
 from sr.errors import ConfigError
 
-__all__ = ["Allocation", "allocate", "allocate_arch", "exact_params", "predicted_params_generic"]
+__all__ = ["Allocation", "allocate", "allocate_arch", "allocate_student", "exact_params", "predicted_params_generic"]
 
 LRule = Literal["sqrt2", "keep"]
 # Integer knobs that are channel counts tied to C, rescaled with it by allocate_arch.
@@ -171,6 +171,40 @@ def allocate_arch(arch: str, density: float, **opts: Any) -> tuple[Allocation, d
         if isinstance(knobs.get(name), int):
             # keep the variant's split ratio (IMDN distils C/4 channels per stage)
             new[name] = max(1, _round_half_up(knobs[name] * alloc.C / knobs["C"]))
+    return alloc, new
+
+
+def allocate_student(arch: str, knobs: dict[str, Any], density: float) -> tuple[Allocation, dict[str, Any]]:
+    """The paper's C/L/B allocation of ``arch`` (with knob overrides ``knobs``) at ``density``.
+
+    Without overrides this is :func:`sr.allocate.allocate_arch`; with them the same rule runs from the
+    overridden C/L/B (``allocate_arch`` reads the registered variant's sizes only).
+
+    Returns:
+        ``(Allocation, knobs for sr.models.build)``; ``scale`` is taken from ``knobs`` when given.
+    """
+    from sr.models import family_of, resolve_knobs  # lazy, as in allocate_arch
+
+    sizes = {k: v for k, v in knobs.items() if k != "scale"}
+    if not sizes:
+        alloc, new = allocate_arch(arch, density)
+    else:
+        full = resolve_knobs(arch, **sizes)
+        if "C" not in full or "B" not in full:
+            raise ConfigError(f"arch {arch!r} has no C/B knobs, so C/L/B allocation cannot size a student")
+        alloc = allocate(
+            C=full["C"],
+            L=full.get("L", 1),
+            B=full["B"],
+            density=density,
+            family=family_of(arch),
+            heads=full.get("heads"),
+        )
+        new = {**full, "C": alloc.C, "B": alloc.B, **({"L": alloc.L} if "L" in full else {})}
+        if isinstance(full.get("distilled"), int):  # IMDN's split width follows C, as in allocate_arch
+            new["distilled"] = max(1, math.floor(full["distilled"] * alloc.C / full["C"] + 0.5))
+    if "scale" in knobs:
+        new["scale"] = knobs["scale"]
     return alloc, new
 
 

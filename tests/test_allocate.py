@@ -1,4 +1,4 @@
-"""CDISM stage 2 C/L/B allocation (sr/compress.py) against the paper's published allocations."""
+"""CDISM stage 2 C/L/B allocation (sr/allocate.py) against the paper's published allocations."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from sr.compress import Allocation, allocate, allocate_arch, exact_params, predicted_params_generic
+from sr.allocate import Allocation, allocate, allocate_arch, exact_params, predicted_params_generic
 from sr.errors import ConfigError
 
 try:
