@@ -1,4 +1,4 @@
-"""Ray-free stage recipes of the CDISM pipeline, called by both the CLI (``orchestrator.cli_method``) and the Ray
+"""Ray-free stage recipes of the CDISM pipeline, called by both the CLI (``orchestrator.cli.method``) and the Ray
 workers/tasks (``orchestrator.workers``, ``orchestrator.job``), so each stage is written once.
 
 - :func:`load_model`: build a registered variant and load its weights (the one model loader);

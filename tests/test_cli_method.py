@@ -22,7 +22,7 @@ import skimage.data
 import torch
 from PIL import Image
 
-# orchestrator.cli imports cli_method and registers its commands.
+# orchestrator.cli registers every command, the method commands (orchestrator.cli.method) included.
 from orchestrator.cli import main
 from sr.checkpoint import load_weights
 from sr.data import load_eval_pairs

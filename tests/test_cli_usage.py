@@ -77,9 +77,9 @@ def test_command_modules_do_not_import_the_package():
                 assert "cli" not in {a.name for a in node.names}, path
 
 
-def test_cli_method_imported_first_still_registers():
-    """``orchestrator.cli_method`` (outside the package) imports ``orchestrator.cli._common``: any order works."""
-    code = "import orchestrator.cli_method as m, orchestrator.cli as c; raise SystemExit(c.main(['prune', '--help']))"
+def test_method_module_imported_first_still_registers():
+    """``orchestrator.cli.method`` imported on its own first (as tests and workers may): registration still works."""
+    code = "import orchestrator.cli.method as m, orchestrator.cli as c; raise SystemExit(c.main(['prune', '--help']))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr
 

@@ -2,7 +2,8 @@
 
 - Dependencies point one way, ``orchestrator/ -> search_spaces/ -> sr/``; ``sr/`` imports no Ray, Optuna or MLflow.
 - No import cycle among the project's modules, counting imports inside functions (``TYPE_CHECKING`` excluded).
-- An import inside a function defers a heavy dependency and says so in a comment on its line or the line above.
+- An import inside a function defers a heavy dependency and says so in a comment on it or just above its run of
+  imports.
 - No module over 600 lines and no function over 100 lines, unless the file says why (``# size-exempt: <reason>``).
 """
 
@@ -130,12 +131,23 @@ def test_layering(pkg, forbidden):
     assert not bad, f"{pkg}/ must not import {forbidden}: {bad}"
 
 
-def _function_imports(tree: ast.AST):
+def _import_groups(tree: ast.AST):
+    """Runs of consecutive import statements inside functions (one comment may cover a run)."""
     for fn in ast.walk(tree):
-        if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
-            for node in ast.walk(fn):
-                if isinstance(node, ast.Import | ast.ImportFrom):
-                    yield node
+        if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for node in ast.walk(fn):
+            for field in ("body", "orelse", "finalbody"):
+                run: list[ast.stmt] = []
+                stmts = getattr(node, field, None)
+                if not isinstance(stmts, list):
+                    continue
+                for stmt in [*stmts, None]:
+                    if isinstance(stmt, ast.Import | ast.ImportFrom):
+                        run.append(stmt)
+                    elif run:
+                        yield run
+                        run = []
 
 
 def test_imports_inside_functions_say_why():
@@ -144,16 +156,16 @@ def test_imports_inside_functions_say_why():
     for path in MODULES.values():
         lines = path.read_text().splitlines()
         seen: set[int] = set()
-        for node in _function_imports(ast.parse("\n".join(lines))):
-            if node.lineno in seen:
+        for run in _import_groups(ast.parse("\n".join(lines))):
+            first, last = run[0].lineno, run[-1].end_lineno or run[-1].lineno
+            if first in seen:
                 continue
-            seen.add(node.lineno)
-            count += 1
-            here = lines[node.lineno - 1 : (node.end_lineno or node.lineno)]
-            above = lines[node.lineno - 2].strip() if node.lineno > 1 else ""
-            if not any("#" in line for line in here) and not above.startswith("#"):
-                missing.append(f"{path.relative_to(REPO)}:{node.lineno}")
-    print(f"{count} imports inside functions, each with its reason")
+            seen.add(first)
+            count += len(run)
+            above = lines[first - 2].strip() if first > 1 else ""
+            if not any("#" in line for line in lines[first - 1 : last]) and not above.startswith("#"):
+                missing.append(f"{path.relative_to(REPO)}:{first}")
+    print(f"{count} imports inside functions, each run with its reason")
     assert not missing, f"imports inside functions without a comment saying why: {missing}"
 
 

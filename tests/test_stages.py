@@ -1,4 +1,4 @@
-"""sr.stages: the CLI (``orchestrator.cli_method``) and the Ray prune worker run the same stage, same outputs."""
+"""sr.stages: the CLI (``orchestrator.cli.method``) and the Ray prune worker run the same stage, same outputs."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def test_prune_stage_cli_and_ray_worker_give_the_same_outputs(ray_local, t91_dir
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from orchestrator.method_run import run_prune_stage
+    from orchestrator.cli.method_run import run_prune_stage
     from orchestrator.workers import prune_worker
 
     knobs = {"C": 8, "L": 1, "B": 2}
@@ -79,7 +79,7 @@ def test_distill_stage_cli_and_ray_worker_give_the_same_outputs(ray_local, t91_d
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from orchestrator.method_run import run_distill_stage
+    from orchestrator.cli.method_run import run_distill_stage
     from orchestrator.workers import kd_worker
     from sr.distill import KDConfig
 

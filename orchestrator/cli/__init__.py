@@ -3,7 +3,7 @@
 Every user-caused error is one line on stderr (cause, then fix) with exit code 2, usage errors included (an
 unknown option, a bad value, a missing one); ``--debug`` (anywhere on the command line) or ``SRCOMPRESS_DEBUG=1``
 shows the traceback instead. Ctrl-C exits 130. The command modules (``core``, ``choose``, ``cluster`` and
-``orchestrator.cli_method``) define plain functions; this module registers them on ``app`` from one list
+``method``) define plain functions; this module registers them on ``app`` from one list
 (``commands()``) and no command module imports it. Heavy imports (torch, ray, mlflow) happen inside the
 commands that need them so that ``srcompress`` starts fast.
 """
@@ -20,8 +20,7 @@ import typer
 import typer.main
 from typer import _click  # typer >= 0.29 vendors click: its usage errors are typer._click.* classes, not click.*
 
-from orchestrator import cli_method
-from orchestrator.cli import choose, cluster, core
+from orchestrator.cli import choose, cluster, core, method
 from orchestrator.cli._common import JsonOpt, SetOpt, _fmt_g, _fmt_int, _print_table, load_model, parse_knobs
 from orchestrator.cli.core import complexity_row, print_summary
 from sr.errors import UserError
@@ -66,16 +65,16 @@ def commands() -> tuple[tuple[str, Callable[..., Any]], ...]:
         ("status", cluster.status),
         ("logs", cluster.logs),
         ("stop", cluster.stop),
-        ("prune", cli_method.prune),
-        ("distill", cli_method.distill),
-        ("compress", cli_method.compress),
+        ("prune", method.prune),
+        ("distill", method.distill),
+        ("compress", method.compress),
     )
 
 
 def get_app() -> typer.Typer:
     """``app`` with every command of ``commands()`` registered on it (once)."""
-    # Registered on first use rather than at import: orchestrator.cli_method, outside this package until it moves
-    # in, imports the shared helpers from orchestrator.cli._common, so it may still be half-imported here.
+    # Registered on first use, not at import: importing a command module (``orchestrator.cli.method``) runs this
+    # package's __init__ first, which must not need the command modules' names to be complete yet.
     if not app.registered_commands:
         for name, fn in commands():
             app.command(name)(fn)
@@ -130,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except typer.Exit as exc:  # --help, or a command ending with its own code
         return exc.exit_code
+    except BrokenPipeError:  # `srcompress ... | head` closed the pipe: nothing left to tell anyone
+        sys.stderr.close()
+        return 0
     except (typer.Abort, KeyboardInterrupt, EOFError):
         print("srcompress: interrupted", file=sys.stderr)
         return 130

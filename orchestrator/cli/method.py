@@ -112,7 +112,7 @@ def prune(
     as_json: JsonOpt = False,
 ) -> None:
     """CDISM stage 1: L1 fine-tuning with OBProx-SG; writes OUT/pruned.pth and OUT/density.json."""
-    from orchestrator import method_run  # deferred: torch-heavy, so the other commands start fast
+    import orchestrator.cli.method_run as method_run  # deferred: torch-heavy, so the other commands start fast
 
     summary = method_run.run_prune_stage(
         arch=arch,
@@ -191,7 +191,7 @@ def distill(
     as_json: JsonOpt = False,
 ) -> None:
     """CDISM stage 3: distil a student from a frozen teacher; writes OUT/student.pth and OUT/metrics.json."""
-    from orchestrator import method_run  # deferred: torch-heavy, so the other commands start fast
+    import orchestrator.cli.method_run as method_run  # deferred: torch-heavy, so the other commands start fast
 
     cfg = method_run.kd_config(
         steps=steps,
@@ -266,7 +266,7 @@ def compress(
     as_json: JsonOpt = False,
 ) -> None:
     """CDISM end to end: prune -> C/L/B allocation -> distillation, with a teacher/student/bicubic table."""
-    from orchestrator import method_run  # deferred: torch-heavy, so the other commands start fast
+    import orchestrator.cli.method_run as method_run  # deferred: torch-heavy, so the other commands start fast
 
     if density is None and prune_steps is None:
         raise UserError("give --prune-steps N to prune first, or --density D to skip pruning")

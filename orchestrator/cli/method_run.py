@@ -3,7 +3,7 @@
 Each command turns its options into a frozen config (:class:`sr.prune.PruneConfig`, :class:`sr.distill.KDConfig`)
 and calls the same Ray-free stage the Ray workers call (:mod:`sr.stages`), adding what only the command line
 needs: a progress display, ``OUT/ckpt`` checkpoints with ``--resume``, validation tables and the summary files
-(``density.json`` through ``sr.stages.prune_stage``, ``metrics.json``, ``summary.json``). ``orchestrator.cli_method``
+(``density.json`` through ``sr.stages.prune_stage``, ``metrics.json``, ``summary.json``). ``orchestrator.cli.method``
 imports this module inside its commands, so the other commands start without torch.
 """
 
@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from orchestrator._cli_progress import Progress, check_fresh, interruptible, note, step_of
+from orchestrator.cli._progress import Progress, check_fresh, interruptible, note, step_of
 from sr import stages
 from sr._train import find_latest_checkpoint
 from sr.allocate import allocate_student
