@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
+import dataclasses
 import math
 import os
 import shutil
@@ -53,6 +53,8 @@ from typing import Any
 import torch
 
 from bench._common import REPO, bench_main, log, make_parser
+from orchestrator.tasks import ModelRef, TrialTask, teacher_ref, trial_task
+from search_spaces import KD_DIMS, student_knobs
 
 NAME = "overhead"
 SHARED = Path(os.environ.get("SRCOMPRESS_SHARED", REPO.parent / "shared"))
@@ -197,48 +199,40 @@ def _make_plan(spec_dict: dict[str, Any], tmp: Path, tracking_uri: str | None) -
             exp, f"search_{spec.name}", tags={KIND_TAG: "search", STATUS_TAG: "running", JOB_TAG: spec.name}
         )
         tracking = {"uri": tracking_uri, "experiment_id": exp, "parent_run_id": parent}
-    teacher = {"arch": spec.teacher.arch, "knobs": {**spec.teacher.set, "scale": 2}, "weights": spec.teacher.weights}
+    teacher = teacher_ref(spec, spec.teacher.weights)
     return plan_search(spec, teacher=teacher, state=JobState(), tracking=tracking, out=out), spec
 
 
-def _worker_config(plan: Any) -> dict[str, Any]:
-    """The ``kd_worker`` config ``orchestrator.search`` hands a trial of this (fixed) space."""
-    from orchestrator.search import _method
-    from search_spaces import KD_DIMS, student_knobs
-
+def _worker_config(plan: Any) -> TrialTask:
+    """The task ``orchestrator.search`` hands a trial of this (fixed) space."""
     config = dict(plan.space)  # every dimension is fixed, so the sampled config is the space itself
-    cfg = json.loads(json.dumps(plan.worker))
-    cfg["student"] = {
-        "arch": plan.student_arch,
-        "knobs": student_knobs(config, arch=plan.student_arch, scale=plan.scale, method=_method(plan)),
-    }
-    cfg["kd"] = {**cfg.get("kd", {}), **{k: config[k] for k in KD_DIMS if k in config}}
-    return cfg
+    knobs = student_knobs(config, arch=plan.student_arch, scale=plan.scale, method="kd")
+    sampled = {k: config[k] for k in KD_DIMS if k in config}
+    return trial_task(plan.worker, name="plain", student=ModelRef(plan.student_arch, knobs), sampled=sampled)
 
 
 # ---------------------------------------------------------------------------------------------- plain side
 
 
 def _plain_trial(
-    cfg: dict[str, Any], *, steps: int | None = None, report: Callable[[dict[str, Any]], None] | None = None
+    task: TrialTask, *, steps: int | None = None, report: Callable[[dict[str, Any]], None] | None = None
 ) -> dict[str, Any]:
     """What ``kd_worker`` does on one rank, in this process: build everything, then ``fit_kd``. ``steps``: a
     calibration run (that many steps, a report after each, no validation or checkpoint); ``report``: also hand
     every report (plus ``fit_start_unix``) to it."""
     from orchestrator.workers import load_model, patch_datasets, val_pairs
     from sr.data import clear_lr_cache
-    from sr.distill import KDConfig, fit_kd
+    from sr.distill import fit_kd
 
     t0 = time.perf_counter()
     clear_lr_cache()  # a fresh Ray worker has no LR images in memory either
-    torch.set_num_threads(int(cfg.get("threads", 1)))
-    kd_dict = {**cfg["kd"], **({"steps": steps} if steps else {})}
+    torch.set_num_threads(task.threads)
+    kd = task.kd
     if steps:  # calibration: no validation/checkpoint, a window per step
-        kd_dict.update(val_every=0, log_every=1, ckpt_every=0)
-    kd = KDConfig(**kd_dict)
-    student = load_model(cfg["student"])
-    teacher = load_model(cfg["teacher"])
-    data = cfg["data"]
+        kd = dataclasses.replace(kd, steps=steps, val_every=0, log_every=1, ckpt_every=0)
+    student = load_model(task.student)
+    teacher = load_model(task.teacher)
+    data = task.data
     train_data = patch_datasets(data, kd)
 
     pairs = None if steps else val_pairs(data, kd.scale)

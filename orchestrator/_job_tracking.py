@@ -9,6 +9,7 @@ from typing import Any
 from orchestrator._job_state import JobState
 from orchestrator.results.model_registry import register_pareto_models
 from orchestrator.results.pareto import mark_pareto, pareto_models, query_trials
+from orchestrator.tasks import ModelRef
 from orchestrator.tracking import JOB_TAG, KIND_TAG, STATUS_TAG, Tracker, default_artifact_root
 from orchestrator.workers import load_model
 from sr.budget import price
@@ -33,21 +34,21 @@ def open_parent_run(tracker: Tracker, spec: Any, state: JobState, *, out: Path) 
 
 
 def log_reference_runs(
-    tracker: Tracker, exp_id: str, parent: str, teacher: dict[str, Any], pairs: Any, *, scale: int
+    tracker: Tracker, exp_id: str, parent: str, teacher: ModelRef, pairs: Any, *, scale: int
 ) -> None:
     """Teacher and bicubic on the validation ``pairs`` as child runs: the report's reference markers."""
     t_model = load_model(teacher)
     t_res = evaluate_model(t_model, pairs, scale=scale)
-    p = price(teacher["arch"], **teacher["knobs"])
+    p = price(teacher.arch, **teacher.knobs)
     for kind, name, res, extra in (
-        ("teacher", f"teacher_{teacher['arch']}_x{scale}", t_res, p.as_dict()),
+        ("teacher", f"teacher_{teacher.arch}_x{scale}", t_res, p.as_dict()),
         ("bicubic", f"bicubic_x{scale}", evaluate_bicubic(pairs, scale=scale), {"params": 0}),
     ):
         run_id = tracker.start_run(exp_id, name, parent_run_id=parent, tags={KIND_TAG: kind, STATUS_TAG: "completed"})
         tracker.log_metrics(run_id, {"psnr_y": res.psnr_y, "ssim_y": res.ssim_y, **extra})
-        tracker.log_params(run_id, {"arch": teacher["arch"] if kind == "teacher" else "bicubic"})
+        tracker.log_params(run_id, {"arch": teacher.arch if kind == "teacher" else "bicubic"})
         tracker.end_run(run_id)
-    print(f"[srcompress] teacher {teacher['arch']}: psnr_y {t_res.psnr_y:.3f} on the validation set", flush=True)
+    print(f"[srcompress] teacher {teacher.arch}: psnr_y {t_res.psnr_y:.3f} on the validation set", flush=True)
 
 
 def log_stage_run(tracker: Tracker, exp_id: str, parent: str, kind: str, params: dict, metrics: dict) -> None:

@@ -9,72 +9,61 @@ which describe the EXPORTED student (``C' = w*C``), so ``srcompress export RUN_I
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import tempfile
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 
+from orchestrator.tasks import TrialTask
 from orchestrator.workers import (
     RESUMED_FROM_KEY,
     _context,
-    _log_final_artifacts,
     _reporter,
     _restore_checkpoint,
+    log_final_artifacts,
     train_sources,
     val_pairs,
 )
 from sr import stages
 from sr._train import STATE_FILE
-from sr.csd_train import CSDConfig
 
-__all__ = ["STATE_FILE", "csd_config", "csd_worker"]
-
-_FIELDS = frozenset(f.name for f in dataclasses.fields(CSDConfig))
-
-
-def csd_config(kd: dict[str, Any], csd: dict[str, Any]) -> CSDConfig:
-    """The :class:`CSDConfig` of a trial's ``kd`` settings (KD-only keys dropped) and its ``csd`` dims."""
-    base = {k: v for k, v in kd.items() if k in _FIELDS and v is not None}
-    extra = {k: float(csd[k]) for k in ("width", "teacher_width", "lambda_c", "lambda_t") if csd.get(k) is not None}
-    # Unshuffled: each index of the trial's PatchDataset is already a fresh random crop, and this order does not
-    # depend on the dataset's length (steps * batch), which a resumed trial may raise.
-    return CSDConfig(**{**base, **extra, "shuffle": False})
+__all__ = ["STATE_FILE", "csd_worker"]
 
 
 def csd_worker(config: dict[str, Any]) -> None:
-    """Per-worker CSD: ``config`` is the ``kd_worker`` template plus ``csd = {C, width, lambda_c, lambda_t,
-    teacher_width, vgg_weights}`` (``C``: the shared model's channels; ``student.knobs`` hold ``C' = w * C``)."""
-    torch.set_num_threads(int(config.get("threads", 1)))
+    """Per-worker CSD: ``config["task"]`` is a CSD :class:`TrialTask` (``task.csd`` the loop's settings,
+    ``task.shared_channels`` the trained model's C, ``task.student`` the exported student with ``C' = w * C``)."""
+    task: TrialTask = config["task"]
+    assert task.csd is not None and task.shared_channels is not None  # orchestrator.tasks.trial_task builds both
+    torch.set_num_threads(task.threads)
     rank, world, device = _context()
-    cfg, data, student = csd_config(config["kd"], config["csd"]), config["data"], config["student"]
+    cfg, data = task.csd, task.data
     pairs = val_pairs(data, cfg.scale) if rank == 0 else None
-    local = Path(tempfile.mkdtemp(prefix=f"csd_{config.get('trial_name', 'run')}_r{rank}_"))
+    local = Path(tempfile.mkdtemp(prefix=f"csd_{task.name}_r{rank}_"))
     # Every rank restores the same (rank 0's) checkpoint, so all resume at one step.
     resume_dir, start = _restore_checkpoint(local)
     if resume_dir is not None:
         print(f"[srcompress] csd worker rank {rank} resumed from checkpoint step {start}", flush=True)
-    static = {**config.get("static_metrics", {}), RESUMED_FROM_KEY: start}
+    static = {**task.static_metrics, RESUMED_FROM_KEY: start}
     out = stages.csd_stage(
         cfg,
-        arch=student["arch"],
-        knobs=student["knobs"],
-        shared_channels=int(config["csd"]["C"]),
+        arch=task.student.arch,
+        knobs=task.student.knobs,
+        shared_channels=task.shared_channels,
         sources=train_sources(data),
-        vgg_weights=config["csd"].get("vgg_weights"),
+        vgg_weights=task.vgg_weights,
         val_pairs=pairs,
-        report=_reporter(static, config.get("tracking"), rank, world, total_steps=cfg.steps),
+        report=_reporter(static, task.tracking, rank, world, total_steps=cfg.steps),
         checkpoint_dir=local,
         resume=resume_dir is not None,
         rank=rank,
         world_size=world,
         device=device,
-        skip_bad=bool(data.get("skip_bad", False)),
+        skip_bad=data.skip_bad,
     )
-    if rank == 0 and (config.get("tracking") or {}).get("run_id"):
-        # config["student"] is the exported student, so config.json + weights.pth rebuild a plain EDSR.
-        _log_final_artifacts(config, SimpleNamespace(model=out.student), pairs)
+    if rank == 0 and task.tracking is not None:
+        # task.student is the exported student, so config.json + weights.pth rebuild a plain EDSR.
+        log_final_artifacts(task, out.student, pairs)
     shutil.rmtree(local, ignore_errors=True)

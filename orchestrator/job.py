@@ -22,17 +22,25 @@ from pathlib import Path
 from typing import Any
 
 import ray
+import torch
+from ray.train import FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
 
 from orchestrator._job_state import JobState
 from orchestrator._job_tracking import finish, log_reference_runs, log_stage_run, open_parent_run
 from orchestrator._ray_connect import connect_ray
 from orchestrator.search import SearchPlan, make_tuner
+from orchestrator.tasks import ModelRef, TrackingRef, data_ref, prune_task, teacher_ref, trial_template
 from orchestrator.tracking import STATUS_TAG, Tracker, check_reachable
 from orchestrator.trial_tracking import make_status_callback
-from orchestrator.workers import val_pairs
+from orchestrator.workers import prune_worker, val_pairs
 from search_spaces import check_paths, clamp_to_space, job_space, load_job_spec, smallest_knobs
+from sr.allocate import allocate, allocate_arch
 from sr.budget import Budget, check_budget_reachable
+from sr.data import resolve_train_sources
 from sr.errors import UserError
+from sr.models import family_of, resolve_knobs
+from sr.stages import fallback_teacher, load_model, teacher_cache_stage
 
 log = logging.getLogger(__name__)
 
@@ -40,19 +48,6 @@ log = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------------------------- helpers
 def _objective_key(metric: str, macs_convention: str) -> str:
     return {"macs": f"macs_{macs_convention}"}.get(metric, metric)
-
-
-def _teacher_spec(spec: Any, weights: str | None) -> dict[str, Any]:
-    knobs = {**spec.teacher.set, "scale": spec.data.scale}
-    return {"arch": spec.teacher.arch, "knobs": knobs, "weights": weights}
-
-
-def _data_dict(spec: Any) -> dict[str, Any]:
-    return {"train": spec.data.train, "val": spec.data.val, "skip_bad": False}
-
-
-def _threads(spec: Any) -> int:
-    return max(1, int(spec.resources.cpus_per_worker))
 
 
 def _use_gpu(spec: Any) -> bool:
@@ -65,8 +60,6 @@ def _use_gpu(spec: Any) -> bool:
 # ------------------------------------------------------------------------------------------- [J2] teacher
 def _train_fallback_teacher(spec: Any, out: Path) -> str:
     """A small teacher trained briefly on the training data (GT only), for machines without real weights."""
-    import ray  # deferred: ray is heavy and only needed when the job runs
-
     fb = spec.teacher.fallback
     arch = fb.arch or spec.teacher.arch
     knobs = {**(spec.teacher.set if fb.arch is None else {}), "scale": spec.data.scale}
@@ -74,10 +67,6 @@ def _train_fallback_teacher(spec: Any, out: Path) -> str:
 
     @ray.remote(num_cpus=1)
     def train_teacher() -> str:
-        import torch  # deferred: runs in the Ray task's process
-
-        from sr.stages import fallback_teacher  # deferred: torch-heavy, needed only in the task
-
         torch.set_num_threads(1)
         path = fallback_teacher(
             arch,
@@ -99,7 +88,7 @@ def _train_fallback_teacher(spec: Any, out: Path) -> str:
     return weights
 
 
-def resolve_teacher(spec: Any, out: Path) -> tuple[dict[str, Any], str | None]:
+def resolve_teacher(spec: Any, out: Path) -> tuple[ModelRef, str | None]:
     """The teacher's arch/knobs/weights; trains the fallback when the spec has no usable weights."""
     weights = spec.teacher.weights
     if weights and not Path(weights).exists():
@@ -111,54 +100,18 @@ def resolve_teacher(spec: Any, out: Path) -> tuple[dict[str, Any], str | None]:
         existing = out / "teacher_fallback.pth"
         weights = str(existing) if existing.exists() else _train_fallback_teacher(spec, out)
         fb_arch = spec.teacher.fallback.arch
-        t = _teacher_spec(spec, weights)
         if fb_arch:
-            t = {"arch": fb_arch, "knobs": {"scale": spec.data.scale}, "weights": weights}
-        return t, weights
-    return _teacher_spec(spec, weights), weights
+            return ModelRef(fb_arch, {"scale": spec.data.scale}, weights), weights
+    return teacher_ref(spec, weights), weights
 
 
 # --------------------------------------------------------------------------------------------- [J3] prune
-def run_prune(spec: Any, teacher: dict[str, Any], out: Path, tracking: dict[str, Any] | None) -> float:
-    """A TorchTrainer pruning run of the teacher; returns the final density."""
-    # deferred: ray and torch (the worker module, the model registry) are heavy; job.py loads with the light CLI
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from orchestrator.workers import prune_worker
-    from sr.models import family_of
-
-    p = spec.prune
-    n_images = p.n_images or 0
-    per_epoch = spec.data.samples_per_epoch
-    config = {
-        "teacher": teacher,
-        "family": family_of(teacher["arch"]),
-        "scale": spec.data.scale,
-        "data": _data_dict(spec),
-        "prune": {
-            "steps": p.steps,
-            "lr": p.lr,
-            "lambda_": p.lambda_,
-            "epsilon": p.epsilon,
-            "batch_size": p.batch_size,
-            "hr_patch": spec.data.patch_at(0),
-            "milestones": list(p.milestones),
-            "gamma": p.gamma,
-            "np_epochs": p.np_epochs,
-            "batches_per_epoch": max(1, per_epoch // p.batch_size) if per_epoch else None,
-            "quirk_epoch_in_samples": p.quirk_epoch_in_samples,
-            "seed": spec.seed,
-            "log_every": max(1, p.steps // 10),
-            "n_images": n_images or None,
-        },
-        "threads": _threads(spec),
-        "output_dir": str(out / "prune"),
-        "tracking": tracking,
-    }
+def run_prune(spec: Any, teacher: ModelRef, out: Path, tracking: TrackingRef | None) -> float:
+    """[J3] A TorchTrainer pruning run of the teacher ([W1] ``prune_worker`` on each rank); returns the density."""
+    task = prune_task(spec, teacher=teacher, out=out / "prune", tracking=tracking)
     trainer = TorchTrainer(
         prune_worker,
-        train_loop_config=config,
+        train_loop_config={"task": task},
         scaling_config=ScalingConfig(
             num_workers=spec.resources.workers_per_trial,
             use_gpu=_use_gpu(spec),
@@ -175,22 +128,15 @@ def run_prune(spec: Any, teacher: dict[str, Any], out: Path, tracking: dict[str,
 
 
 # --------------------------------------------------------------------------------------------- [J5] cache
-def build_cache(spec: Any, teacher: dict[str, Any], out: Path) -> str:
+def build_cache(spec: Any, teacher: ModelRef, out: Path) -> str:
     """Teacher outputs on a fixed patch pool, computed once per job by a Ray task and reused by every trial."""
-    import ray  # deferred: ray is heavy and only needed when the job runs
-
     n, scale, seed, patch = spec.data.cache.n_patches, spec.data.scale, spec.seed, spec.data.patch_at(0)
     train = spec.data.train
 
     @ray.remote(num_cpus=1)
     def cache_task() -> str:
-        import torch  # deferred: runs in the Ray task's process
-
-        from sr.data import resolve_train_sources  # deferred: torch-heavy, needed only in the task
-        from sr.stages import load_model, teacher_cache_stage
-
         torch.set_num_threads(1)
-        model = load_model(teacher["arch"], teacher.get("knobs", {}), teacher.get("weights"))
+        model = load_model(teacher.arch, teacher.knobs, teacher.weights)
         info = teacher_cache_stage(
             model,
             resolve_train_sources(train),
@@ -229,43 +175,8 @@ def _paper_point(spec: Any, state: JobState, space: dict[str, Any]) -> dict[str,
     return clamp_to_space({k: v for k, v in point.items() if k in space}, space)
 
 
-def _worker_template(spec: Any, *, teacher: dict[str, Any], state: JobState, use_gpu: bool) -> dict[str, Any]:
-    """The config every trial's worker starts from (``orchestrator.search`` adds the sampled values)."""
-    tr = spec.training
-    worker: dict[str, Any] = {
-        "method": spec.student.method,
-        "teacher": teacher,
-        "data": {**_data_dict(spec), "cache_dir": state.cache_dir},
-        "threads": _threads(spec),
-        "kd": {
-            "steps": tr.steps,
-            "batch_size": tr.batch_size,
-            "scale": spec.data.scale,
-            "optimizer": tr.optimizer,
-            "milestones": list(tr.milestones),
-            "gamma": tr.gamma,
-            "ema_decay": tr.ema_decay or None,
-            "val_every": tr.val_every,
-            "log_every": tr.val_every,  # reports carry the validation PSNR that ASHA and Optuna read
-            "ckpt_every": tr.ckpt_every,
-            "seed": spec.seed,
-            "amp": use_gpu,
-            **(
-                {"hr_patch": spec.data.hr_patch}
-                if spec.data.patch_sizes is None
-                else {"patch_sizes": list(spec.data.patch_sizes), "patch_boundaries": list(spec.data.patch_boundaries)}
-            ),
-        },
-    }
-    if spec.student.method == "csd":
-        # Per trial, orchestrator.search adds the sampled width/lambda_c and the shared model's C.
-        c = spec.csd_settings
-        worker["csd"] = {"lambda_t": c.lambda_t, "vgg_weights": c.vgg_weights, "teacher_width": c.teacher_width}
-    return worker
-
-
 def plan_search(
-    spec: Any, *, teacher: dict[str, Any], state: JobState, tracking: dict[str, Any] | None, out: Path
+    spec: Any, *, teacher: ModelRef, state: JobState, tracking: dict[str, Any] | None, out: Path
 ) -> SearchPlan:
     """The SearchPlan of a spec (pure apart from reading the cluster's GPU count)."""
     space = job_space(spec)
@@ -288,7 +199,7 @@ def plan_search(
             else None
         ),
         paper_point=_paper_point(spec, state, space),
-        worker=_worker_template(spec, teacher=teacher, state=state, use_gpu=use_gpu),
+        worker=trial_template(spec, teacher=teacher, cache_dir=state.cache_dir, use_gpu=use_gpu),
         workers_per_trial=spec.resources.workers_per_trial,
         cpus_per_worker=spec.resources.cpus_per_worker,
         gpus_per_worker=(spec.resources.gpus_per_worker or (1.0 if use_gpu else 0.0)),
@@ -367,21 +278,21 @@ def _open_state(spec: Any, spec_path: str | Path, out: Path, *, resume: bool) ->
     return state
 
 
-def _teacher_step(job: _Job) -> dict[str, Any]:
+def _teacher_step(job: _Job) -> ModelRef:
     """[J2] The teacher (trained when the spec has no weights) and, once, its reference runs."""
     t0 = time.time()
     teacher, job.state.teacher_weights = resolve_teacher(job.spec, job.out)
     job.state.stages.setdefault("teacher", time.time() - t0)
     job.save()
     if not job.state.references_logged:
-        pairs = val_pairs(_data_dict(job.spec), job.spec.data.scale)
+        pairs = val_pairs(data_ref(job.spec), job.spec.data.scale)
         log_reference_runs(job.tracker, job.exp_id, job.parent, teacher, pairs, scale=job.spec.data.scale)
         job.state.references_logged = True
         job.save()
     return teacher
 
 
-def _prune_step(job: _Job, teacher: dict[str, Any]) -> None:
+def _prune_step(job: _Job, teacher: ModelRef) -> None:
     """[J3] The density: given by the spec, or measured by a pruning run of the teacher."""
     spec, state = job.spec, job.state
     if state.density is not None:
@@ -390,11 +301,11 @@ def _prune_step(job: _Job, teacher: dict[str, Any]) -> None:
     if spec.prune.density is not None:
         state.density = float(spec.prune.density)
     elif spec.prune.enabled:
-        print(f"[srcompress] stage prune: OBProx-SG on {teacher['arch']} for {spec.prune.steps} steps", flush=True)
+        print(f"[srcompress] stage prune: OBProx-SG on {teacher.arch} for {spec.prune.steps} steps", flush=True)
         state.density = run_prune(spec, teacher, job.out, None)
         job.stage_run(
             "prune",
-            {"arch": teacher["arch"], "steps": spec.prune.steps, "lambda": spec.prune.lambda_},
+            {"arch": teacher.arch, "steps": spec.prune.steps, "lambda": spec.prune.lambda_},
             {"density": state.density, "seconds": time.time() - t0},
         )
     state.stages["prune"] = time.time() - t0
@@ -404,7 +315,7 @@ def _prune_step(job: _Job, teacher: dict[str, Any]) -> None:
         print(f"[srcompress] density d = {state.density:.4f}", flush=True)
 
 
-def _allocate_step(job: _Job, teacher: dict[str, Any]) -> None:
+def _allocate_step(job: _Job, teacher: ModelRef) -> None:
     """[J4] The paper rule's C/L/B from the density: the search's first draw."""
     state = job.state
     if state.allocation is not None or state.density is None or not job.spec.search.enqueue_paper_rule:
@@ -422,7 +333,7 @@ def _allocate_step(job: _Job, teacher: dict[str, Any]) -> None:
         print(f"[srcompress] paper-rule allocation: {state.allocation}", flush=True)
 
 
-def _cache_step(job: _Job, teacher: dict[str, Any]) -> None:
+def _cache_step(job: _Job, teacher: ModelRef) -> None:
     """[J5] The teacher-output cache every trial reads (when the spec enables it)."""
     spec, state = job.spec, job.state
     if not spec.data.cache.enabled or state.cache_dir is not None:
@@ -439,7 +350,7 @@ def _cache_step(job: _Job, teacher: dict[str, Any]) -> None:
     job.save()
 
 
-def _search_step(job: _Job, teacher: dict[str, Any], *, resume: bool) -> tuple[SearchPlan, Any]:
+def _search_step(job: _Job, teacher: ModelRef, *, resume: bool) -> tuple[SearchPlan, Any]:
     """[J6] The Tune search (restored from the job's storage on ``--resume``); returns its plan and results."""
     plan = plan_search(job.spec, teacher=teacher, state=job.state, tracking=job.tracking, out=job.out)
     tuner, restored = make_tuner(plan, callbacks=[make_status_callback(plan)], resume=resume)
@@ -485,34 +396,30 @@ def run_job(
     return summary
 
 
-def paper_allocation(spec: Any, teacher: dict[str, Any], density: float) -> dict[str, Any] | None:
+def paper_allocation(spec: Any, teacher: ModelRef, density: float) -> dict[str, Any] | None:
     """The paper's rule applied to the student family's reference size (the teacher if same family).
 
     Returns None (no seed, with a printed note) when neither applies: a student family other than EDSR/SwinIR
     whose teacher has no C/B knobs.
     """
-    # deferred: torch and the model registry are heavy, and job.py loads with the light CLI
-    from sr.allocate import allocate, allocate_arch
-    from sr.models import family_of, resolve_knobs
-
-    t_family, s_family = family_of(teacher["arch"]), family_of(spec.student.arch)
+    t_family, s_family = family_of(teacher.arch), family_of(spec.student.arch)
     # Different families (e.g. IMDN teacher, EDSR student): allocate from the family's baseline variant.
     baselines = {"edsr": "edsr_baseline", "swinir": "swinir_light"}
     if t_family == s_family or s_family in baselines:
-        base = teacher["arch"] if t_family == s_family else baselines[s_family]
+        base = teacher.arch if t_family == s_family else baselines[s_family]
         alloc, _ = allocate_arch(base, density)
         return {"base_arch": base, "C": alloc.C, "L": alloc.L, "B": alloc.B, "density": density}
     # Other families (RFDN, IMDN-CLB students): the rule on the pruned teacher's own C/L/B, clamped to the space.
-    k = resolve_knobs(teacher["arch"], **teacher.get("knobs", {}))
+    k = resolve_knobs(teacher.arch, **teacher.knobs)
     if "C" not in k or "B" not in k:
         print(
-            f"[srcompress] note: no paper-rule seed: teacher {teacher['arch']} has no C/B knobs to allocate from "
+            f"[srcompress] note: no paper-rule seed: teacher {teacher.arch} has no C/B knobs to allocate from "
             f"for a {s_family} student",
             flush=True,
         )
         return None
     alloc = allocate(C=k["C"], L=k.get("L", 1), B=k["B"], density=density, family=t_family, heads=k.get("heads"))
-    return {"base_arch": teacher["arch"], "C": alloc.C, "L": alloc.L, "B": alloc.B, "density": density}
+    return {"base_arch": teacher.arch, "C": alloc.C, "L": alloc.L, "B": alloc.B, "density": density}
 
 
 __all__ = ["JobState", "connect_ray", "finish", "paper_allocation", "plan_search", "resolve_teacher", "run_job"]

@@ -32,7 +32,7 @@ import math
 import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ from ray.tune.search.optuna import OptunaSearch
 from orchestrator import trial_tracking as tt
 from orchestrator._ray_connect import TRIAL_RESOURCE
 from orchestrator.csd_worker import csd_worker
+from orchestrator.tasks import ModelRef, TrackingRef, TrialTask, TrialTemplate, trial_task
 from orchestrator.workers import kd_worker, run_in_trial
 from search_spaces import CSD_DIMS, KD_DIMS, make_space_fn, shared_channels, student_knobs
 from sr.budget import Budget, price
@@ -77,7 +78,7 @@ class SearchPlan:
     seed: int = 0
     asha: Mapping[str, Any] | None = None  # {"grace_period": steps, "reduction_factor": 2}
     paper_point: Mapping[str, Any] | None = None  # enqueued first
-    worker: Mapping[str, Any] = field(default_factory=dict)  # kd_worker config template
+    worker: TrialTemplate | None = None  # what every trial's worker shares (orchestrator.tasks.trial_template)
     workers_per_trial: int = 1
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
@@ -102,7 +103,7 @@ class SearchPlan:
 
 # ---------------------------------------------------------------------------------------------- naming / arch
 def _method(plan: SearchPlan) -> str:
-    return str(plan.worker.get("method", "kd"))
+    return plan.worker.method if plan.worker is not None else "kd"
 
 
 def _knobs(config: Mapping[str, Any], plan: SearchPlan) -> dict[str, Any]:
@@ -317,13 +318,12 @@ def run_trial(config: dict[str, Any], plan: SearchPlan) -> None:
         tune.report(_marker_result(plan, price_d, **extra))  # [T2]
         return
     t0 = time.time()
-    worker_cfg, worker_fn = _worker_config(
-        plan, config, name=name, knobs=knobs, kd_params=kd_params, run_id=run_id, extra={**price_d, **extra}
-    )
+    task = _trial_task(plan, config, name=name, knobs=knobs, run_id=run_id, static_metrics={**price_d, **extra})
+    worker_fn = csd_worker if task.method == "csd" else kd_worker
     if plan.in_trial:
-        final = run_in_trial(worker_fn, worker_cfg)  # [T3] reports to Tune itself
+        final = run_in_trial(worker_fn, task)  # [T3] reports to Tune itself
     else:
-        final = dict(_fit_trainer(plan, worker_fn, worker_cfg, name=name).metrics or {})  # [T3]
+        final = dict(_fit_trainer(plan, worker_fn, task).metrics or {})  # [T3]
     final["train_time_s"] = time.time() - t0
     tt.close_trial_run(plan, run_id, status="completed", metrics=final)
 
@@ -336,33 +336,29 @@ def _latency_metrics(plan: SearchPlan, knobs: Mapping[str, Any]) -> dict[str, fl
     return {"latency_ms": lat, "constraint_latency_ms": lat / plan.budget.max_latency_ms - 1.0}
 
 
-def _worker_config(
+def _trial_task(
     plan: SearchPlan,
     config: Mapping[str, Any],
     *,
     name: str,
     knobs: Mapping[str, Any],
-    kd_params: Mapping[str, Any],
     run_id: str | None,
-    extra: Mapping[str, Any],
-) -> tuple[dict[str, Any], Any]:
-    """The per-worker config of a trial and its worker function (``kd_worker``, or ``csd_worker`` for CSD)."""
-    worker_cfg = json.loads(json.dumps(plan.worker))  # a deep copy that is plain JSON
-    worker_cfg["trial_name"] = name
-    worker_cfg["student"] = {"arch": plan.student_arch, "knobs": dict(knobs)}  # CSD: the exported student
-    worker_cfg["kd"] = {**worker_cfg.get("kd", {}), **{k: v for k, v in kd_params.items() if k not in CSD_DIMS}}
-    worker_fn = kd_worker
-    if worker_cfg.get("method") == "csd":
-        worker_fn = csd_worker
-        csd = {k: v for k, v in kd_params.items() if k in CSD_DIMS}
-        worker_cfg["csd"] = {**worker_cfg.get("csd", {}), **csd, "C": shared_channels(config, plan.student_arch)}
-    worker_cfg["static_metrics"] = dict(extra)
-    if plan.tracking and run_id:
-        worker_cfg["tracking"] = {"uri": plan.tracking["uri"], "run_id": run_id}
-    return worker_cfg, worker_fn
+    static_metrics: Mapping[str, float],
+) -> TrialTask:
+    """The frozen task a trial's workers receive: the plan's template with this draw's student and KD values."""
+    assert plan.worker is not None  # orchestrator.job.plan_search always sets the template
+    return trial_task(
+        plan.worker,
+        name=name,
+        student=ModelRef(plan.student_arch, dict(knobs)),  # CSD: the exported student
+        sampled={k: config[k] for k in (*KD_DIMS, *CSD_DIMS) if k in config},
+        shared_channels=shared_channels(config, plan.student_arch) if _method(plan) == "csd" else None,
+        static_metrics=static_metrics,
+        tracking=TrackingRef(plan.tracking["uri"], run_id) if plan.tracking and run_id else None,
+    )
 
 
-def _fit_trainer(plan: SearchPlan, worker_fn: Any, worker_cfg: dict[str, Any], *, name: str) -> Any:
+def _fit_trainer(plan: SearchPlan, worker_fn: Any, task: TrialTask) -> Any:
     """[T3] The trial's TorchTrainer (multi-worker trials, or ``trial_runner: trainer``); its metrics stream to
     Tune through TuneReportCallback."""
     scaling = ScalingConfig(
@@ -372,11 +368,11 @@ def _fit_trainer(plan: SearchPlan, worker_fn: Any, worker_cfg: dict[str, Any], *
     )
     trainer = TorchTrainer(
         worker_fn,
-        train_loop_config=worker_cfg,
+        train_loop_config={"task": task},
         scaling_config=scaling,
         run_config=RunConfig(
             # The same name resumes this trial's Train run after a driver restart (same storage).
-            name=name,
+            name=task.name,
             storage_path=str(Path(plan.storage).resolve() / "train"),
             failure_config=FailureConfig(max_failures=plan.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
@@ -424,7 +420,7 @@ def _asha(plan: SearchPlan) -> ASHAScheduler | None:
         time_attr="step",
         metric="val_psnr_y",
         mode="max",
-        max_t=int(plan.worker.get("kd", {}).get("steps", 1000)),
+        max_t=plan.worker.kd.steps if plan.worker is not None else 1000,
         grace_period=int(plan.asha.get("grace_period", 1)),
         reduction_factor=float(plan.asha.get("reduction_factor", 2)),
     )

@@ -80,9 +80,9 @@ def open_trial_run(
         **dict(kd),
         "family": family_of(plan.student_arch),
         "arch": plan.student_arch,
-        "seed": plan.worker.get("kd", {}).get("seed", plan.seed),
+        "seed": plan.worker.kd.seed if plan.worker is not None else plan.seed,
         "paper_rule": bool(config.get("_paper_rule", False)),
-        "steps": plan.worker.get("kd", {}).get("steps"),
+        "steps": plan.worker.kd.steps if plan.worker is not None else None,
     }
     tracker.log_params(run_id, params)
     return run_id

@@ -1,8 +1,9 @@
-"""Ray Train per-worker functions: turn a plain config dict into ``sr`` objects and call the ``sr`` loops.
+"""Ray Train per-worker functions: read a frozen task (``orchestrator.tasks``) and call the ``sr`` stages.
 
 Distributed structure (one TorchTrainer per call):
-  [W1] ``prune_worker``  — OBProx-SG fine-tune of the teacher (``sr.prune.prune_finetune``); once per job.
-  [W2] ``kd_worker``     — distillation of one student (``sr.distill.fit_kd``); once per search trial.
+  [W1] ``prune_worker``  — OBProx-SG fine-tune of the teacher (``sr.stages.prune_stage``); once per job.
+  [W2] ``kd_worker``     — distillation of one student (``sr.stages.distill_stage``); once per search trial.
+Each takes ``{"task": PruneTask | TrialTask}`` (TorchTrainer's ``train_loop_config`` is a dict).
 Both run on every rank (DDP via ``ray.train.torch.prepare_model``: gloo on CPU, nccl on GPU), report metrics with
 ``ray.train.report`` from every rank (Train V2 needs all ranks to report), and attach checkpoints on rank 0 only.
 A restarted worker group (``FailureConfig``) finds the last reported checkpoint through ``ray.train.get_checkpoint``
@@ -20,6 +21,7 @@ import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +29,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from orchestrator.tasks import DataRef, ModelRef, PruneTask, TrackingRef, TrialTask, task_record
 from orchestrator.tracking import Tracker
 from sr import stages
 from sr._train import unwrap
 from sr.data import fallback_eval_pairs, load_eval_pairs, resolve_train_sources
 from sr.distill import KDConfig
 from sr.evaluate import super_resolve
-from sr.prune import PruneConfig
 
 log = logging.getLogger(__name__)
 
@@ -43,38 +45,37 @@ RESUMED_FROM_KEY = "resumed_from_step"
 _IN_TRIAL: dict[str, Any] | None = None
 
 
-def run_in_trial(worker_fn: Any, config: dict[str, Any]) -> dict[str, Any]:
+def run_in_trial(worker_fn: Any, task: TrialTask) -> dict[str, Any]:
     """Run a per-worker function (``kd_worker``, ``csd_worker``) as rank 0 of 1 inside the calling Tune trial;
     returns the last metrics it reported."""
     global _IN_TRIAL
     _IN_TRIAL = {"last": {}}
     try:
-        worker_fn(config)
+        worker_fn({"task": task})
         return dict(_IN_TRIAL["last"])
     finally:
         _IN_TRIAL = None
 
 
 # ------------------------------------------------------------------------------------------------ shared bits
-def load_model(spec: dict[str, Any]) -> torch.nn.Module:
-    """Build ``{"arch", "knobs", "weights"}`` through ``sr.stages.load_model`` (the one model loader)."""
-    return stages.load_model(spec["arch"], spec.get("knobs", {}), spec.get("weights"))
+def load_model(ref: ModelRef) -> torch.nn.Module:
+    """Build a :class:`ModelRef` through ``sr.stages.load_model`` (the one model loader)."""
+    return stages.load_model(ref.arch, ref.knobs, ref.weights)
 
 
-def train_sources(data: dict[str, Any]) -> list:
-    return resolve_train_sources(data.get("train"))
+def train_sources(data: DataRef) -> list:
+    return resolve_train_sources(None if data.train is None else list(data.train))
 
 
-def patch_datasets(data: dict[str, Any], kd: Any) -> Any:
+def patch_datasets(data: DataRef, kd: KDConfig) -> Any:
     """``hr_patch -> PatchDataset`` over the training images (the curriculum asks for one per patch size)."""
     samples = kd.steps * kd.batch_size
-    skip_bad = bool(data.get("skip_bad", False))
-    return stages.patch_data(train_sources(data), scale=kd.scale, seed=kd.seed, samples=samples, skip_bad=skip_bad)
+    return stages.patch_data(train_sources(data), scale=kd.scale, seed=kd.seed, samples=samples, skip_bad=data.skip_bad)
 
 
-def val_pairs(data: dict[str, Any], scale: int) -> list:
-    if data.get("val"):
-        return load_eval_pairs(data["val"], scale, skip_bad=bool(data.get("skip_bad", False)))
+def val_pairs(data: DataRef, scale: int) -> list:
+    if data.val:
+        return load_eval_pairs(data.val, scale, skip_bad=data.skip_bad)
     return fallback_eval_pairs(scale)
 
 
@@ -98,9 +99,7 @@ def _restore_checkpoint(local_root: Path) -> tuple[Path | None, int]:
     return dest, int(meta["step"])
 
 
-def _reporter(
-    static: dict[str, Any], tracker_info: dict[str, Any] | None, rank: int, world: int, *, total_steps: int = 0
-):
+def _reporter(static: Mapping[str, Any], tracking: TrackingRef | None, rank: int, world: int, *, total_steps: int = 0):
     """The ``report(metrics, checkpoint_dir)`` callback handed to the ``sr`` loops."""
     # deferred: ray is heavy and only loaded inside a running worker
     import ray.train
@@ -108,9 +107,7 @@ def _reporter(
 
     in_trial = _IN_TRIAL
 
-    tracker = None
-    if rank == 0 and tracker_info and tracker_info.get("run_id"):
-        tracker = Tracker(tracker_info["uri"])
+    tracker = Tracker(tracking.uri) if rank == 0 and tracking is not None else None
 
     def report(metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
         out = {**static, **{k: v for k, v in metrics.items() if _is_scalar(v)}}
@@ -121,7 +118,7 @@ def _reporter(
         if total_steps and int(out.get("step", 0)) >= total_steps:
             out["done_training"] = 1  # lets the driver tell a finished trial from one ASHA stopped
         if tracker is not None:
-            tracker.log_metrics(tracker_info["run_id"], _step_metrics(out), step=int(out.get("step", 0)))
+            tracker.log_metrics(tracking.run_id, _step_metrics(out), step=int(out.get("step", 0)))
         checkpoint = None
         if checkpoint_dir is not None and rank == 0:
             (Path(checkpoint_dir) / "ray_meta.json").write_text(json.dumps({"step": int(out.get("step", 0))}))
@@ -169,29 +166,29 @@ def _prepare(model: torch.nn.Module, world: int) -> torch.nn.Module:
 # ---------------------------------------------------------------------------------------------------- [W2] KD
 def kd_worker(config: dict[str, Any]) -> None:
     """Per-worker KD: ``sr.stages.distill_stage`` with the trial's student, teacher (or cache) and data."""
-    torch.set_num_threads(int(config.get("threads", 1)))
+    task: TrialTask = config["task"]
+    torch.set_num_threads(task.threads)
     rank, world, device = _context()
-    kd = KDConfig(**config["kd"])
-    data, student = config["data"], config["student"]
-    teacher = None if data.get("cache_dir") else load_model(config["teacher"]).to(device)
+    kd, data = task.kd, task.data
+    teacher = None if data.cache_dir else load_model(task.teacher).to(device)
     pairs = val_pairs(data, kd.scale) if rank == 0 else None
-    local = Path(tempfile.mkdtemp(prefix=f"kd_{config.get('trial_name', 'run')}_r{rank}_"))
+    local = Path(tempfile.mkdtemp(prefix=f"kd_{task.name}_r{rank}_"))
     # Every rank restores the same (rank 0's) checkpoint, so all resume at one step.
     resume_dir, resumed_step = _restore_checkpoint(local)
-    static = {**config.get("static_metrics", {}), RESUMED_FROM_KEY: resumed_step}
+    static = {**task.static_metrics, RESUMED_FROM_KEY: resumed_step}
     if resumed_step:
         print(f"[srcompress] kd worker rank {rank} resumed from checkpoint step {resumed_step}", flush=True)
     result = stages.distill_stage(
         kd,
-        student_arch=student["arch"],
-        student_knobs=student.get("knobs", {}),
-        student_weights=student.get("weights"),
+        student_arch=task.student.arch,
+        student_knobs=task.student.knobs,
+        student_weights=task.student.weights,
         teacher=teacher,
-        sources=() if data.get("cache_dir") else train_sources(data),
-        cache_dir=data.get("cache_dir"),
-        skip_bad=bool(data.get("skip_bad", False)),
+        sources=() if data.cache_dir else train_sources(data),
+        cache_dir=data.cache_dir,
+        skip_bad=data.skip_bad,
         val_pairs=pairs,
-        report=_reporter(static, config.get("tracking"), rank, world, total_steps=kd.steps),
+        report=_reporter(static, task.tracking, rank, world, total_steps=kd.steps),
         checkpoint_dir=local,
         resume_from=resume_dir,
         rank=rank,
@@ -199,20 +196,19 @@ def kd_worker(config: dict[str, Any]) -> None:
         device=device,
         wrap=lambda m: _prepare(m, world),
     )
-    if rank == 0 and (config.get("tracking") or {}).get("run_id"):
-        _log_final_artifacts(config, result, pairs)
+    if rank == 0 and task.tracking is not None:
+        log_final_artifacts(task, unwrap(result.model), pairs)
     shutil.rmtree(local, ignore_errors=True)
 
 
-def _log_final_artifacts(config: dict[str, Any], result: Any, pairs: list | None) -> None:
-    """Rank 0 uploads the final weights, the config and a few SR crops to the trial's MLflow run."""
-    tracker = Tracker(config["tracking"]["uri"])
-    run_id = config["tracking"]["run_id"]
+def log_final_artifacts(task: TrialTask, model: torch.nn.Module, pairs: list | None) -> None:
+    """Rank 0 uploads the final weights, the task (``config.json``) and a few SR crops to the trial's MLflow run."""
+    assert task.tracking is not None  # only called for a tracked trial
+    tracker, run_id = Tracker(task.tracking.uri), task.tracking.run_id
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        model = unwrap(result.model)
         stages.save_weights(out / "weights.pth", model)
-        (out / "config.json").write_text(json.dumps(config, indent=2, default=str))
+        (out / "config.json").write_text(json.dumps(task_record(task), indent=2, default=str))
         tracker.log_artifact(run_id, out / "weights.pth", "checkpoint")
         tracker.log_artifact(run_id, out / "config.json")
         samples = out / "samples"
@@ -228,50 +224,28 @@ def _log_final_artifacts(config: dict[str, Any], result: Any, pairs: list | None
 
 
 # ------------------------------------------------------------------------------------------------- [W1] prune
-def prune_config(p: dict[str, Any], family: str) -> PruneConfig:
-    """The :class:`sr.prune.PruneConfig` of a job's ``prune`` worker settings."""
-    return PruneConfig(
-        family=family,
-        steps=int(p["steps"]),
-        batch_size=int(p["batch_size"]),
-        lr=float(p["lr"]),
-        lambda_=float(p["lambda_"]),
-        epsilon=float(p["epsilon"]),
-        ema_decay=p.get("ema_decay"),
-        np_epochs=p.get("np_epochs"),
-        batches_per_epoch=p.get("batches_per_epoch"),
-        quirk_epoch_in_samples=bool(p.get("quirk_epoch_in_samples", False)),
-        milestones=tuple(p.get("milestones", ())),
-        gamma=float(p.get("gamma", 0.5)),
-        seed=int(p.get("seed", 0)),
-        log_every=int(p.get("log_every", 10)),
-    )
-
-
 def prune_worker(config: dict[str, Any]) -> None:
     """Per-worker pruning: ``sr.stages.prune_stage`` on the teacher; rank 0 writes the pruned weights + density."""
-    torch.set_num_threads(int(config.get("threads", 1)))
+    task: PruneTask = config["task"]
+    torch.set_num_threads(task.threads)
     rank, world, _ = _context()
-    p = config["prune"]
-    cfg = prune_config(p, config["family"])
-    model = _prepare(load_model(config["teacher"]), world)
-    data = config["data"]
+    cfg = task.prune
+    model = _prepare(load_model(task.teacher), world)
     dataset = stages.patch_data(
-        train_sources(data),
-        scale=int(config["scale"]),
+        train_sources(task.data),
+        scale=task.scale,
         seed=cfg.seed,
         samples=cfg.steps * cfg.batch_size,
-        skip_bad=bool(data.get("skip_bad", False)),
-    )(int(p["hr_patch"]))
+        skip_bad=task.data.skip_bad,
+    )(task.hr_patch)
     local = Path(tempfile.mkdtemp(prefix=f"prune_r{rank}_"))
     resume_dir, resumed_step = _restore_checkpoint(local)
-    static = {RESUMED_FROM_KEY: resumed_step}
-    report = _reporter(static, config.get("tracking"), rank, world, total_steps=cfg.steps)
+    report = _reporter({RESUMED_FROM_KEY: resumed_step}, task.tracking, rank, world, total_steps=cfg.steps)
     stages.prune_stage(
         model,
         cfg,
         train_data=dataset,
-        out=Path(config["output_dir"]),
+        out=Path(task.output_dir),
         checkpoint_dir=local,
         resume=resume_dir is not None,
         report=report,
@@ -279,8 +253,3 @@ def prune_worker(config: dict[str, Any]) -> None:
         world_size=world,
     )
     shutil.rmtree(local, ignore_errors=True)
-
-
-def default_threads(cpus_per_worker: float) -> int:
-    """Intra-op threads per worker: its CPU share, at least 1 (oversubscription slows CPU training a lot)."""
-    return max(1, int(cpus_per_worker))

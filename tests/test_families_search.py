@@ -6,13 +6,29 @@ MLflow, a tiny random teacher, 2 trials of 20 steps) and read back MLflow and th
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 
 import search_spaces
+from orchestrator.tasks import CSDSettings, DataRef, ModelRef, TrialTemplate, trial_task
 from search_spaces import SpecError, check_paths, load_job_spec
+from sr.distill import KDConfig
+
+
+def _csd_template() -> TrialTemplate:
+    """A CSD search's shared task settings (random weights and the built-in images: no files needed)."""
+    return TrialTemplate(
+        method="csd",
+        teacher=ModelRef("edsr_baseline", {"scale": 2}),
+        data=DataRef(train=None, val=None),
+        threads=1,
+        kd=KDConfig(steps=10),
+        csd=CSDSettings(lambda_t=1.0, teacher_width=1.0, vgg_weights=None),
+    )
+
 
 NEW_SPECS = ("rfdn", "imdn_clb", "csd_edsr")
 
@@ -87,7 +103,7 @@ def test_csd_budgets_price_the_exported_student() -> None:
     assert smallest_knobs(spec, space)["C"] == 8  # 0.25 * 32
     plan = SearchPlan(
         name="x", storage="/tmp/x", student_arch="edsr_baseline", space=space, budget=Budget(), objectives=(),
-        worker={"method": "csd"},
+        worker=_csd_template(),
     )  # fmt: skip
     knobs = student_knobs(
         {"C": 32, "L": 1, "B": 3, "width": 0.5, "lambda_c": 10.0, "scale": 2},
@@ -260,15 +276,17 @@ def test_csd_worker_resumes_from_its_checkpoint(ray_local, tmp_path: Path) -> No
     from orchestrator.csd_worker import STATE_FILE, csd_worker
 
     def config(steps: int) -> dict:
-        kd = {"steps": steps, "batch_size": 2, "scale": 2, "hr_patch": 16, "lr": 1e-3, "seed": 0}
-        kd.update(val_every=10, log_every=5, ckpt_every=5, milestones=[12], gamma=0.5, optimizer="adam")
-        return {
-            "threads": 1,
-            "data": {"train": None, "val": None},
-            "student": {"arch": "edsr_baseline", "knobs": {"C": 2, "L": 1, "B": 1, "scale": 2}},
-            "csd": {"C": 8, "width": 0.25, "lambda_c": 0.0, "lambda_t": 1.0, "teacher_width": 1.0},
-            "kd": kd,
-        }
+        kd = KDConfig(steps=steps, batch_size=2, scale=2, hr_patch=16, lr=1e-3, seed=0, val_every=10, log_every=5)
+        kd = dataclasses.replace(kd, ckpt_every=5, milestones=(12,), gamma=0.5, optimizer="adam")
+        template = dataclasses.replace(_csd_template(), kd=kd)
+        task = trial_task(
+            template,
+            name="csd",
+            student=ModelRef("edsr_baseline", {"C": 2, "L": 1, "B": 1, "scale": 2}),
+            sampled={"width": 0.25, "lambda_c": 0.0, "lambda_t": 1.0},
+            shared_channels=8,
+        )
+        return {"task": task}
 
     def fit(name: str, steps: int):
         return TorchTrainer(

@@ -16,6 +16,8 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from orchestrator.search import TRIAL_RESOURCE  # noqa: E402
+from orchestrator.tasks import DataRef, ModelRef, TrialTemplate  # noqa: E402
+from sr.distill import KDConfig  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -133,22 +135,16 @@ def test_two_trial_search_on_cluster(cluster, tmp_path: Path) -> None:
         algorithm="random",
         num_samples=2,
         seed=0,
-        worker={
+        worker=TrialTemplate(
             # A random-weight teacher and the scikit-image fallback images: no files needed.
-            "teacher": {"arch": "edsr_mini", "knobs": {"scale": 2, "C": 8, "B": 1}},
-            "data": {"train": None, "val": None},
-            "threads": 1,
-            "kd": {
-                "steps": 10,
-                "batch_size": 4,
-                "hr_patch": 32,
-                "scale": 2,
-                "val_every": 5,
-                "log_every": 5,
-                "ckpt_every": 5,
-                "ema_decay": None,
-            },
-        },
+            method="kd",
+            teacher=ModelRef("edsr_mini", {"scale": 2, "C": 8, "B": 1}),
+            data=DataRef(train=None, val=None),
+            threads=1,
+            kd=KDConfig(
+                steps=10, batch_size=4, hr_patch=32, scale=2, val_every=5, log_every=5, ckpt_every=5, ema_decay=None
+            ),
+        ),
         max_failures=0,
         tracking={"uri": uri, "experiment_id": exp, "parent_run_id": parent},
         scale=2,

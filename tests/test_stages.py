@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from orchestrator.tasks import DataRef, ModelRef, PruneTask, TrialTemplate, trial_task
 from sr.checkpoint import read_state_dict, save_checkpoint
 from sr.models import build
+from sr.prune import PruneConfig
 
 
 @pytest.mark.ray
@@ -39,21 +41,19 @@ def test_prune_stage_cli_and_ray_worker_give_the_same_outputs(ray_local, t91_dir
         quiet=True,
         **settings,
     )
-    prune = {k: settings[k] for k in ("steps", "batch_size", "hr_patch", "lr", "lambda_", "epsilon", "np_epochs")}
-    prune.update(seed=3, batches_per_epoch=3, log_every=2, milestones=[], gamma=0.5)
-    config = {
-        "teacher": {"arch": "edsr_baseline", "knobs": {**knobs, "scale": 2}, "weights": str(teacher)},
-        "family": "edsr",
-        "scale": 2,
-        "data": {"train": [str(t91_dir)], "val": None, "skip_bad": False},
-        "prune": prune,
-        "threads": 1,
-        "output_dir": str(tmp_path / "ray"),
-        "tracking": None,
-    }
+    prune = {k: settings[k] for k in ("steps", "batch_size", "lr", "lambda_", "epsilon", "np_epochs")}
+    task = PruneTask(
+        teacher=ModelRef("edsr_baseline", {**knobs, "scale": 2}, str(teacher)),
+        prune=PruneConfig(family="edsr", **prune, seed=3, batches_per_epoch=3, log_every=2, ema_decay=None),
+        hr_patch=32,
+        scale=2,
+        data=DataRef(train=(str(t91_dir),), val=None),
+        output_dir=str(tmp_path / "ray"),
+        threads=1,
+    )
     TorchTrainer(
         prune_worker,
-        train_loop_config=config,
+        train_loop_config={"task": task},
         scaling_config=ScalingConfig(num_workers=1, use_gpu=False, resources_per_worker={"CPU": 1}),
         run_config=RunConfig(name="prune_both_ways", storage_path=str(tmp_path / "train")),
     ).fit()
@@ -74,8 +74,6 @@ def test_prune_stage_cli_and_ray_worker_give_the_same_outputs(ray_local, t91_dir
 def test_distill_stage_cli_and_ray_worker_give_the_same_outputs(ray_local, t91_dir: Path, tmp_path: Path) -> None:
     """``srcompress distill``'s stage and the Ray ``kd_worker`` both run ``sr.stages.distill_stage``: same seed,
     same student weights and validation PSNR."""
-    import dataclasses
-
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -101,17 +99,17 @@ def test_distill_stage_cli_and_ray_worker_give_the_same_outputs(ray_local, t91_d
         out=tmp_path / "cli",
         quiet=True,
     )
-    config = {
-        "kd": dataclasses.asdict(cfg),
-        "student": {"arch": "edsr_baseline", "knobs": {**s_knobs, "scale": 2}},
-        "teacher": {"arch": "edsr_baseline", "knobs": {**t_knobs, "scale": 2}, "weights": str(teacher)},
-        "data": {"train": [str(t91_dir)], "val": None, "skip_bad": False},
-        "threads": 1,
-        "tracking": None,
-    }
+    template = TrialTemplate(
+        method="kd",
+        teacher=ModelRef("edsr_baseline", {**t_knobs, "scale": 2}, str(teacher)),
+        data=DataRef(train=(str(t91_dir),), val=None),
+        threads=1,
+        kd=cfg,
+    )
+    task = trial_task(template, name="distill", student=ModelRef("edsr_baseline", {**s_knobs, "scale": 2}), sampled={})
     result = TorchTrainer(
         kd_worker,
-        train_loop_config=config,
+        train_loop_config={"task": task},
         scaling_config=ScalingConfig(num_workers=1, use_gpu=False, resources_per_worker={"CPU": 1}),
         run_config=RunConfig(name="distill_both_ways", storage_path=str(tmp_path / "train")),
     ).fit()

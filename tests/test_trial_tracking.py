@@ -22,7 +22,7 @@ def plan(tmp_path):
         tracking={"uri": uri, "experiment_id": exp, "parent_run_id": parent},
         student_arch="edsr_mini",
         seed=0,
-        worker={"kd": {"seed": 0, "steps": 10}},
+        worker=SimpleNamespace(kd=SimpleNamespace(seed=0, steps=10)),
     )
 
 

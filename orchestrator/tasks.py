@@ -1,0 +1,256 @@
+"""Frozen tasks that cross the Ray boundary unchanged: what a worker needs, built once from the job spec.
+
+The settings take one form from the YAML to the training loop::
+
+    JobSpec (search_spaces, validated)  --prune_task-->     PruneTask  (per job)   --> [W1] prune_worker
+                                        --trial_template--> TrialTemplate (per search, SearchPlan.worker)
+                                                            --trial_task--> TrialTask (per trial) --> [W2] kd_worker
+                                                                                                   or [W3] csd_worker
+
+A task holds the ``sr`` loop's own frozen config (``KDConfig``, ``CSDConfig``, ``PruneConfig``) plus where the
+models and images are; a worker reads fields, it never parses a dict. ``task_record`` is the JSON a trial run
+keeps as ``config.json`` (``record["student"] = {"arch", "knobs", "weights"}`` rebuilds the exported model).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from search_spaces import CSD_DIMS, JobSpec
+from sr.csd_train import CSDConfig
+from sr.distill import KDConfig
+from sr.models import family_of
+from sr.prune import PruneConfig
+
+Method = Literal["kd", "csd"]
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model to build (``sr.stages.load_model``): registered arch, its knobs (scale included), optional weights."""
+
+    arch: str
+    knobs: Mapping[str, Any] = field(default_factory=dict)
+    weights: str | None = None
+
+
+@dataclass(frozen=True)
+class DataRef:
+    """Where a worker finds its images: training sources, the validation set (None: built-in pairs), the cache."""
+
+    train: tuple[str, ...] | None
+    val: str | None
+    skip_bad: bool = False
+    cache_dir: str | None = None  # teacher-output cache shared by every trial (KD only)
+
+
+@dataclass(frozen=True)
+class TrackingRef:
+    """The MLflow run a worker's rank 0 logs to."""
+
+    uri: str
+    run_id: str
+
+
+@dataclass(frozen=True)
+class CSDSettings:
+    """CSD's per-search settings (the sampled width/lambda_c/lambda_t come per trial)."""
+
+    lambda_t: float
+    teacher_width: float
+    vgg_weights: str | None
+
+
+@dataclass(frozen=True)
+class TrialTemplate:
+    """What every trial of one search shares; ``trial_task`` adds the sampled student and KD values."""
+
+    method: Method
+    teacher: ModelRef
+    data: DataRef
+    threads: int
+    kd: KDConfig
+    csd: CSDSettings | None = None
+
+
+@dataclass(frozen=True)
+class TrialTask:
+    """One trial's training run, as [W2] ``kd_worker`` / [W3] ``csd_worker`` receive it."""
+
+    name: str
+    method: Method
+    student: ModelRef  # CSD: the exported student (C' = width * C)
+    teacher: ModelRef
+    data: DataRef
+    threads: int
+    kd: KDConfig
+    csd: CSDConfig | None = None
+    shared_channels: int | None = None  # CSD: channels C of the width-shared model that trains
+    vgg_weights: str | None = None  # CSD's perceptual network
+    static_metrics: Mapping[str, float] = field(default_factory=dict)  # priced cost, logged with every report
+    tracking: TrackingRef | None = None
+
+
+@dataclass(frozen=True)
+class PruneTask:
+    """The job's pruning run, as [W1] ``prune_worker`` receives it."""
+
+    teacher: ModelRef
+    prune: PruneConfig
+    hr_patch: int
+    scale: int
+    data: DataRef
+    output_dir: str
+    threads: int
+    tracking: TrackingRef | None = None
+
+
+# ---------------------------------------------------------------------------------------------- builders
+def teacher_ref(spec: JobSpec, weights: str | None) -> ModelRef:
+    """The teacher as the spec names it (``teacher.set`` knobs, the data's scale), with the resolved weights."""
+    return ModelRef(spec.teacher.arch, {**spec.teacher.set, "scale": spec.data.scale}, weights)
+
+
+def data_ref(spec: JobSpec, *, cache_dir: str | None = None) -> DataRef:
+    train = None if spec.data.train is None else tuple(str(t) for t in spec.data.train)
+    return DataRef(train=train, val=spec.data.val, skip_bad=False, cache_dir=cache_dir)
+
+
+def threads_per_worker(spec: JobSpec) -> int:
+    """Intra-op threads per worker: its CPU share, at least 1 (oversubscription slows CPU training a lot)."""
+    return max(1, int(spec.resources.cpus_per_worker))
+
+
+def _patches(spec: JobSpec) -> dict[str, Any]:
+    if spec.data.patch_sizes is None:
+        return {"hr_patch": spec.data.hr_patch}
+    return {"patch_sizes": tuple(spec.data.patch_sizes), "patch_boundaries": tuple(spec.data.patch_boundaries)}
+
+
+def trial_template(spec: JobSpec, *, teacher: ModelRef, cache_dir: str | None, use_gpu: bool) -> TrialTemplate:
+    """Every trial's shared settings; the KD weights and lr here are the spec's defaults until a trial samples them."""
+    tr = spec.training
+    kd = KDConfig(
+        steps=tr.steps,
+        batch_size=tr.batch_size,
+        scale=spec.data.scale,
+        lr=tr.lr,
+        optimizer=tr.optimizer,
+        milestones=tuple(tr.milestones),
+        gamma=tr.gamma,
+        ema_decay=tr.ema_decay or None,
+        val_every=tr.val_every,
+        log_every=tr.val_every,  # reports carry the validation PSNR that ASHA and Optuna read
+        ckpt_every=tr.ckpt_every,
+        seed=spec.seed,
+        amp=use_gpu,
+        **_patches(spec),
+    )
+    csd = None
+    if spec.student.method == "csd":
+        c = spec.csd_settings
+        csd = CSDSettings(lambda_t=c.lambda_t, teacher_width=c.teacher_width, vgg_weights=c.vgg_weights)
+    return TrialTemplate(
+        method=spec.student.method,
+        teacher=teacher,
+        data=data_ref(spec, cache_dir=cache_dir),
+        threads=threads_per_worker(spec),
+        kd=kd,
+        csd=csd,
+    )
+
+
+_CSD_FIELDS = frozenset(f.name for f in dataclasses.fields(CSDConfig))
+
+
+def csd_config(kd: KDConfig, settings: CSDSettings, sampled: Mapping[str, Any]) -> CSDConfig:
+    """A trial's :class:`CSDConfig`: the shared loop settings of ``kd``, the search's CSD settings, its draw."""
+    base = {k: v for k, v in dataclasses.asdict(kd).items() if k in _CSD_FIELDS and v is not None}
+    dims = {k: float(sampled[k]) for k in CSD_DIMS if sampled.get(k) is not None}
+    # Unshuffled: each index of the trial's PatchDataset is already a fresh random crop, and this order does not
+    # depend on the dataset's length (steps * batch), which a resumed trial may raise.
+    return CSDConfig(
+        **{**base, "lambda_t": settings.lambda_t, "teacher_width": settings.teacher_width, **dims}, shuffle=False
+    )
+
+
+def trial_task(
+    template: TrialTemplate,
+    *,
+    name: str,
+    student: ModelRef,
+    sampled: Mapping[str, Any],
+    shared_channels: int | None = None,
+    static_metrics: Mapping[str, float] | None = None,
+    tracking: TrackingRef | None = None,
+) -> TrialTask:
+    """One trial's task: the template with the sampled KD values (``lr``, ``w_*``; CSD: ``width``, ``lambda_*``)."""
+    kd_fields = {f.name for f in dataclasses.fields(KDConfig)}
+    kd = dataclasses.replace(template.kd, **{k: v for k, v in sampled.items() if k in kd_fields})
+    csd = None
+    if template.method == "csd":
+        assert template.csd is not None and shared_channels is not None  # built by trial_template for CSD
+        csd = csd_config(kd, template.csd, sampled)
+    return TrialTask(
+        name=name,
+        method=template.method,
+        student=student,
+        teacher=template.teacher,
+        data=template.data,
+        threads=template.threads,
+        kd=kd,
+        csd=csd,
+        shared_channels=shared_channels,
+        vgg_weights=template.csd.vgg_weights if template.csd else None,
+        static_metrics=dict(static_metrics or {}),
+        tracking=tracking,
+    )
+
+
+def prune_task(spec: JobSpec, *, teacher: ModelRef, out: Path, tracking: TrackingRef | None) -> PruneTask:
+    """The pruning run of the spec's ``prune`` section on ``teacher``."""
+    p = spec.prune
+    per_epoch = spec.data.samples_per_epoch
+    cfg = PruneConfig(
+        family=family_of(teacher.arch),
+        steps=p.steps,
+        batch_size=p.batch_size,
+        lr=p.lr,
+        lambda_=p.lambda_,
+        epsilon=p.epsilon,
+        ema_decay=None,
+        np_epochs=p.np_epochs,
+        batches_per_epoch=max(1, per_epoch // p.batch_size) if per_epoch else None,
+        quirk_epoch_in_samples=p.quirk_epoch_in_samples,
+        milestones=tuple(p.milestones),
+        gamma=p.gamma,
+        seed=spec.seed,
+        log_every=max(1, p.steps // 10),
+    )
+    return PruneTask(
+        teacher=teacher,
+        prune=cfg,
+        hr_patch=spec.data.patch_at(0),
+        scale=spec.data.scale,
+        data=data_ref(spec),
+        output_dir=str(out),
+        threads=threads_per_worker(spec),
+        tracking=tracking,
+    )
+
+
+def task_record(task: TrialTask | PruneTask) -> dict[str, Any]:
+    """The task as plain JSON values (a trial run's ``config.json``)."""
+    return json_safe(dataclasses.asdict(task))
+
+
+def json_safe(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
