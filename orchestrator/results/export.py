@@ -1,10 +1,10 @@
 """Load a searched model back from MLflow and export it for deployment (``torch.export`` .pt2, or ONNX).
 
-Every completed trial run holds ``config.json`` (its ``orchestrator.tasks.TrialTask`` as JSON;
-``config["student"] = {"arch", "knobs", "weights"}``) and ``checkpoint/weights.pth`` (``{"params": state_dict}``
-of the training-time model). Loading rebuilds the student, loads the weights with ``weights_only=True`` and folds collapsible blocks (``sr.reparam.deploy_model``),
-so the exported graph is the deployed model. ``models:/`` and ``runs:/`` URIs resolve to their source run and load
-the same way: no pickled model is ever unpickled here.
+Every completed trial run holds ``config.json`` (its ``orchestrator.tasks.TrialTask`` as JSON; ``config["student"] =
+{"arch", "knobs", "weights"}``) and ``checkpoint/weights.pth`` (``{"params": state_dict}`` of the training-time
+model). Loading rebuilds the student, loads the weights with ``weights_only=True`` and folds collapsible blocks
+(``sr.reparam.deploy_model``), so the exported graph is the deployed model. ``models:/`` and ``runs:/`` URIs resolve
+to their source run and load the same way: no pickled model is ever unpickled here.
 
 An export is verified before anything is written: the exported program must match the eager model within
 ``atol`` on a sample input; the written file is reloaded and checked again before it is moved into place.
