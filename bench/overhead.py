@@ -534,7 +534,7 @@ def run(args: Any) -> dict[str, Any]:
             steps = max(REPORTS, REPORTS * math.ceil(args.steps / REPORTS))
         spec_d = _spec_dict(args, name="overhead", steps=steps, teacher=teacher, storage=tmp / "runs")
         plan, spec = _make_plan(spec_d, tmp, f"sqlite:///{tmp / 'runs' / 'mlflow.db'}")
-        cfg = _worker_config(plan)
+        task = _worker_config(plan)
 
         rows: dict[str, list[dict[str, Any]]] = {"plain": [], "orch": [], "trainer": []}
         plain, orch, trainer = rows["plain"], rows["orch"], rows["trainer"]
@@ -544,7 +544,7 @@ def run(args: Any) -> dict[str, Any]:
             for side in sides[k:] + sides[:k]:  # rotate; round 0 starts with plain
                 with _CpuSampler() as cpu:
                     if side == "plain":
-                        r = _plain_trial(cfg)
+                        r = _plain_trial(task)
                     else:
                         # Validation + checkpoint before the first report, as measured in the plain runs (round 0
                         # runs plain first, so there is always one).
@@ -600,7 +600,7 @@ def run(args: Any) -> dict[str, Any]:
         "batch": args.batch,
         "hr_patch": args.hr_patch,
         "data": "T91 / Set5" if spec.data.train else "scikit-image sample images",
-        "threads_per_worker": int(cfg.get("threads", 1)),
+        "threads_per_worker": task.threads,
         "ray_init_s": round(ray_init_s, 2),
         "plain": rnd(plain),
         "orchestrated": rnd(orch),

@@ -25,7 +25,7 @@ def _csd_template() -> TrialTemplate:
         teacher=ModelRef("edsr_baseline", {"scale": 2}),
         data=DataRef(train=None, val=None),
         threads=1,
-        kd=KDConfig(steps=10),
+        kd=KDConfig(steps=10, hr_patch=32),
         csd=CSDSettings(lambda_t=1.0, teacher_width=1.0, vgg_weights=None),
     )
 
@@ -125,7 +125,7 @@ def test_paper_rule_for_other_families_uses_the_teachers_rule() -> None:
 
     for name in ("rfdn", "imdn_clb"):
         spec = load_job_spec(search_spaces.path(name))
-        alloc = paper_allocation(spec, {"arch": "imdn", "knobs": {"scale": 2}}, 0.05)
+        alloc = paper_allocation(spec, ModelRef("imdn", {"scale": 2}), 0.05)
         want = allocate(C=64, L=1, B=6, density=0.05, family="imdn")
         print(name, alloc)
         assert alloc == {"base_arch": "imdn", "C": want.C, "L": want.L, "B": want.B, "density": 0.05}
