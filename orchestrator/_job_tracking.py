@@ -8,7 +8,7 @@ from typing import Any
 
 from orchestrator._job_state import JobState
 from orchestrator.results.model_registry import register_pareto_models
-from orchestrator.results.pareto import mark_pareto, pareto_models, query_trials
+from orchestrator.results.pareto import mark_pareto, pareto_models, search_trials
 from orchestrator.tasks import ModelRef
 from orchestrator.tracking import JOB_TAG, KIND_TAG, STATUS_TAG, Tracker, default_artifact_root
 from orchestrator.workers import load_model
@@ -61,9 +61,7 @@ def log_stage_run(tracker: Tracker, exp_id: str, parent: str, kind: str, params:
 
 def finish(spec: Any, plan: Any, tracker: Tracker, exp_id: str, parent: str, results: Any, out: Path) -> dict:
     """Counts, Pareto tagging and the final table."""
-    df = query_trials(tracker, spec.experiment_name)
-    if "parent_run_id" in df.columns:
-        df = df[df["parent_run_id"] == parent]
+    df = search_trials(tracker, spec.experiment_name, parent)
     if len(df) and "status" in df.columns:
         # Every trial has ended once the Tuner returns: a run still "running" lost its trial (a driver killed
         # before Tune snapshotted it; the resumed search drew it again under a new run). Record it as such.
