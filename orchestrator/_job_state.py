@@ -22,6 +22,8 @@ class JobState:
     cache_dir: str | None = None
     references_logged: bool = False
     stages: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+    # Tune state file name -> digests of the versions this job wrote (orchestrator._state_digest, checked on resume)
+    tune_state_digests: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path) -> JobState:

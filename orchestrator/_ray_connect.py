@@ -6,9 +6,11 @@ Kept apart from ``orchestrator.job`` so ``orchestrator.submit`` can forward ``RA
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+from collections.abc import Iterator
 from urllib.parse import urlparse
 
 from sr.errors import UserError
@@ -42,15 +44,16 @@ def connect_ray(address: str | None, *, num_cpus: int | None = None, verbose: bo
     if ray.is_initialized():
         return
     if address in (None, "", "local"):
-        ray.init(
-            address="local",
-            num_cpus=num_cpus or os.cpu_count(),
-            include_dashboard=False,
-            resources={TRIAL_RESOURCE: 1000},
-            logging_level=logging.WARNING,
-            # Worker logs are Ray Train's chatter; the driver prints one line per trial instead.
-            log_to_driver=verbose,
-        )
+        with _loopback_node():
+            ray.init(
+                address="local",
+                num_cpus=num_cpus or os.cpu_count(),
+                include_dashboard=False,
+                resources={TRIAL_RESOURCE: 1000},
+                logging_level=logging.WARNING,
+                # Worker logs are Ray Train's chatter; the driver prints one line per trial instead.
+                log_to_driver=verbose,
+            )
         return
     try:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=verbose)
@@ -64,6 +67,34 @@ def connect_ray(address: str | None, *, num_cpus: int | None = None, verbose: bo
             f"the Ray cluster at {address} has no '{TRIAL_RESOURCE}' resource for trial drivers; start its head "
             f"with --resources='{{\"{TRIAL_RESOURCE}\": 1000}}' (see cluster/)"
         )
+
+
+# Ray 2.60 turns a node IP of 127.0.0.1 given to ray.init into the host's outward IP, and then binds GCS, raylet,
+# workers and agents to every interface. Only a "cluster-less" node (this switch, meant for macOS/Windows) takes the
+# loopback address as its IP, and each of its servers then listens on 127.0.0.1 only.
+_SINGLE_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def _loopback_node() -> Iterator[None]:
+    """While the embedded cluster starts: its node IP is 127.0.0.1, so nothing of it listens on another interface.
+
+    The environment variable reaches the processes ray.init spawns; the module constant is the driver's copy, read
+    when ray was imported. Both are put back afterwards so a later ``--address`` connection in this process finds
+    its outward IP as usual."""
+    from ray._private import ray_constants  # deferred: `srcompress submit` imports this module without Ray
+
+    saved_env, saved_const = os.environ.get(_SINGLE_NODE_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_SINGLE_NODE_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_const
+        if saved_env is None:
+            os.environ.pop(_SINGLE_NODE_ENV, None)
+        else:
+            os.environ[_SINGLE_NODE_ENV] = saved_env
 
 
 def _check_address(address: str) -> None:

@@ -353,7 +353,7 @@ def _cache_step(job: _Job, teacher: ModelRef) -> None:
 def _search_step(job: _Job, teacher: ModelRef, *, resume: bool) -> tuple[SearchPlan, Any]:
     """[J6] The Tune search (restored from the job's storage on ``--resume``); returns its plan and results."""
     plan = plan_search(job.spec, teacher=teacher, state=job.state, tracking=job.tracking, out=job.out)
-    tuner, restored = make_tuner(plan, callbacks=[make_status_callback(plan)], resume=resume)
+    tuner, restored = make_tuner(plan, callbacks=[make_status_callback(plan)], resume=resume, state=job.state)
     print(
         f"[srcompress] search: {plan.num_samples} trials of {plan.student_arch} ({plan.algorithm}"
         f"{', restored' if restored else ''}); budget {plan.budget}",

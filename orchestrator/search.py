@@ -46,7 +46,9 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from orchestrator import _state_digest as sd
 from orchestrator import trial_tracking as tt
+from orchestrator._job_state import JobState
 from orchestrator._ray_connect import TRIAL_RESOURCE
 from orchestrator.csd_worker import csd_worker
 from orchestrator.tasks import ModelRef, TrackingRef, TrialTask, TrialTemplate, trial_task
@@ -402,14 +404,32 @@ def max_concurrent(plan: SearchPlan, cluster: Mapping[str, float]) -> int:
     return max(1, min(n, plan.num_samples))
 
 
-def make_tuner(plan: SearchPlan, *, callbacks: list | None = None, resume: bool = False) -> tuple[tune.Tuner, bool]:
+def make_tuner(
+    plan: SearchPlan, *, callbacks: list | None = None, resume: bool = False, state: JobState | None = None
+) -> tuple[tune.Tuner, bool]:
     """[T1] The Tuner (fresh, or restored from the job's storage with its searcher state) and whether it was
-    restored. Each trial runs ``run_trial`` [T2] holding ``trial_resources``."""
+    restored. Each trial runs ``run_trial`` [T2] holding ``trial_resources``.
+
+    Tune's state is pickles: a restore first checks each file against the digests this job recorded in
+    ``job_state.json`` (``state``, the running job's own, or the file) and refuses one it did not write
+    (``orchestrator._state_digest``); both kinds of Tuner record the digests of what they write."""
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), trial_resources(plan))
     exp_dir = plan.tune_dir / plan.name
+    state_path = str(Path(plan.storage).resolve() / "job_state.json")
+    sd.register_live(state_path, state)
+    callbacks = [*(callbacks or []), sd.StateDigestCallback(plan.name, state_path)]
     if resume and tune.Tuner.can_restore(str(exp_dir)):
-        return tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, restart_errored=True), True
-    return tune.Tuner(trainable, tune_config=_tune_config(plan), run_config=_run_config(plan, callbacks)), False
+        sd.check_tune_state(exp_dir, state_path)  # before Tuner.restore unpickles tuner.pkl
+        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, restart_errored=True)
+        local = getattr(tuner, "_local_tuner", None)  # None under Ray Client, where the Tuner lives on the head
+        if local is not None:
+            # The restored RunConfig holds the callbacks unpickled from tuner.pkl (made by the first run, with its
+            # plan); this run's own take their place.
+            local.get_run_config().callbacks = callbacks
+        return tuner, True
+    tuner = tune.Tuner(trainable, tune_config=_tune_config(plan), run_config=_run_config(plan, callbacks))
+    sd.record_tuner(exp_dir, state_path)
+    return tuner, False
 
 
 def _asha(plan: SearchPlan) -> ASHAScheduler | None:
