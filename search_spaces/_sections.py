@@ -183,6 +183,9 @@ class DataSpec(SpecModel):
         None, ge=1, description="patches per epoch (sets the pruning schedule); null = number of images"
     )
     augment: bool = Field(True, description="random flips/rotations")
+    skip_bad: bool = Field(
+        False, description="skip unreadable or too-small images with a warning instead of stopping the job"
+    )
     cache: CacheSpec = Field(default_factory=CacheSpec)
 
     @model_validator(mode="before")
