@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from search_spaces import JobSpec
+from search_spaces import JobSpec, key_error
 from search_spaces._values import is_uri
 from sr.checkpoint import load_weights
 from sr.data import list_images, load_eval_pairs, read_image, resolve_train_sources
@@ -38,6 +38,10 @@ def preflight(spec: JobSpec, spec_path: str | os.PathLike[str] | None = None) ->
 
 def _fix(spec: JobSpec, what: str) -> str:
     return what if spec.data.skip_bad else f"{what}, or set data.skip_bad: true to skip such images"
+
+
+def _skipping(problem: str) -> None:
+    print(f"[srcompress] warning: skipping {problem} (data.skip_bad: true)", flush=True)
 
 
 def _train_side(spec: JobSpec) -> int:
@@ -66,7 +70,7 @@ def _check_train(spec: JobSpec, spec_path: Any) -> None:
         try:
             files = [f for p in resolve_train_sources([src]) for f in _image_files(p)]
         except DataError as exc:
-            raise spec.error_at(key, str(exc), spec_path) from None
+            raise key_error(spec, key, str(exc), spec_path) from None
         usable = 0
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
             sizes = pool.map(_try_size, files)
@@ -78,11 +82,11 @@ def _check_train(spec: JobSpec, spec_path: Any) -> None:
                 if problem is None:
                     usable += 1
                 elif spec.data.skip_bad:
-                    warnings.warn(f"skipping: {problem}", stacklevel=2)
+                    _skipping(problem)
                 else:
-                    raise spec.error_at(key, _fix(spec, f"{problem}; replace or remove it"), spec_path)
+                    raise key_error(spec, key, _fix(spec, f"{problem}; replace or remove it"), spec_path)
         if not usable:
-            raise spec.error_at(key, f"{src} holds no usable image; point at images of at least {side} px", spec_path)
+            raise key_error(spec, key, f"{src} holds no usable image; point at images of at least {side} px", spec_path)
 
 
 def _image_files(source: Any) -> list[Path]:
@@ -107,14 +111,15 @@ def _check_val(spec: JobSpec, spec_path: Any) -> None:
             pairs = load_eval_pairs(val, scale, skip_bad=spec.data.skip_bad)
         except DataError as exc:
             cause = str(exc).split("; ")[0]
-            raise spec.error_at("data.val", _fix(spec, f"{cause}; fix or replace it"), spec_path) from None
+            raise key_error(spec, "data.val", _fix(spec, f"{cause}; fix or replace it"), spec_path) from None
     for w in skipped:
-        warnings.warn(str(w.message), stacklevel=2)
+        _skipping(str(w.message).removeprefix("skipping: "))
     least = _SSIM_WIN + 2 * scale
     small = [p for p in pairs if min(p.hr.shape[:2]) < least]
     if small and (len(small) == len(pairs) or not spec.data.skip_bad):
         h, w = small[0].hr.shape[:2]
-        raise spec.error_at(
+        raise key_error(
+            spec,
             "data.val",
             f"image {small[0].name} is {w}x{h}: too small to score (SSIM_Y needs {least} px per side at x{scale}); "
             + _fix(spec, "use larger validation images"),
@@ -134,7 +139,7 @@ def _check_teacher(spec: JobSpec, spec_path: Any) -> None:
         model = build(spec.teacher.arch, **{**spec.teacher.set, "scale": spec.data.scale})
         load_weights(model, weights, arch=spec.teacher.arch, fix="set teacher.arch and teacher.set to match it")
     except CheckpointError as exc:
-        raise spec.error_at("teacher.weights", str(exc), spec_path) from None
+        raise key_error(spec, "teacher.weights", str(exc), spec_path) from None
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from search_spaces._checks import check_csd, check_models
 from search_spaces._dims import SpecModel
-from search_spaces._errors import KeyedError, SpecError, spec_error
+from search_spaces._errors import KeyedError
 from search_spaces._sections import (
     BudgetsSpec,
     CSDSpec,
@@ -134,13 +134,6 @@ class JobSpec(SpecModel):
         out: dict[str, Any] = {}
         _flatten(self.model_dump(mode="json", by_alias=True), "", out)
         return out
-
-    def error_at(self, key: str, message: str, spec_path: str | os.PathLike[str] | None = None) -> SpecError:
-        """A one-line ``file:line: key: message`` error about dotted ``key`` (``data.train[0]``) of this spec."""
-        from search_spaces._yaml import line_of, split_key  # deferred: _yaml imports this module (a cycle)
-
-        source = str(spec_path) if spec_path is not None else (self._source or "<spec>")
-        return spec_error(source, line_of(self._lines, split_key(key)) if self._lines else None, key, message)
 
     def spec_hash(self, *, length: int = 12) -> str:
         """Short SHA-256 of the validated spec (paths resolved); equal specs hash equal."""
