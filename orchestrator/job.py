@@ -28,6 +28,7 @@ from ray.train.torch import TorchTrainer
 
 from orchestrator._job_state import JobState
 from orchestrator._job_tracking import finish, log_reference_runs, log_stage_run, open_parent_run
+from orchestrator._preflight import preflight, undo_new_dirs
 from orchestrator._ray_connect import connect_ray
 from orchestrator.search import SearchPlan, make_tuner
 from orchestrator.tasks import ModelRef, TrackingRef, data_ref, prune_task, teacher_ref, trial_template
@@ -131,7 +132,7 @@ def run_prune(spec: Any, teacher: ModelRef, out: Path, tracking: TrackingRef | N
 def build_cache(spec: Any, teacher: ModelRef, out: Path) -> str:
     """Teacher outputs on a fixed patch pool, computed once per job by a Ray task and reused by every trial."""
     n, scale, seed, patch = spec.data.cache.n_patches, spec.data.scale, spec.seed, spec.data.patch_at(0)
-    train = spec.data.train
+    train, skip_bad = spec.data.train, spec.data.skip_bad
 
     @ray.remote(num_cpus=1)
     def cache_task() -> str:
@@ -145,6 +146,7 @@ def build_cache(spec: Any, teacher: ModelRef, out: Path) -> str:
             seed=seed,
             n_patches=n,
             out_dir=out / "cache",
+            skip_bad=skip_bad,
             device="cpu",
         )
         return str(info.path)
@@ -243,7 +245,8 @@ class _Job:
 
 # ------------------------------------------------------------------------------------- run_job, step by step
 def _checked_spec(spec_path: str | Path) -> Any:
-    """The validated spec with its fallbacks applied; a budget no architecture meets fails here, before Ray."""
+    """The validated spec with its fallbacks applied; a budget no architecture meets, an unusable image or
+    teacher checkpoint (``orchestrator._preflight``) fails here, before Ray and before anything is written."""
     spec = load_job_spec(spec_path)
     spec = check_paths(spec, spec_path)  # applies the spec's fallbacks for absent weights/data
     b = spec.budgets
@@ -259,6 +262,7 @@ def _checked_spec(spec_path: str | Path) -> Any:
             "means nothing (a code-path check); use real VGG19 weights or lambda_c: 0 for results",
             flush=True,
         )
+    preflight(spec, spec_path)
     return spec
 
 
@@ -377,8 +381,9 @@ def run_job(
     uri = tracking_uri or spec.tracking_uri
     check_reachable(uri)
     out = Path(spec.storage.path).resolve() / spec.name
-    state = _open_state(spec, spec_path, out, resume=resume)
-    connect_ray(address, num_cpus=num_cpus, verbose=verbose)  # [J1]
+    with undo_new_dirs(out):  # a start that fails here leaves no empty job folder behind
+        state = _open_state(spec, spec_path, out, resume=resume)
+        connect_ray(address, num_cpus=num_cpus, verbose=verbose)  # [J1]
     tracker = Tracker(uri)
     job = _Job(spec, out, state, tracker, open_parent_run(tracker, spec, state, out=out))
     job.save()

@@ -117,7 +117,7 @@ def teacher_ref(spec: JobSpec, weights: str | None) -> ModelRef:
 
 def data_ref(spec: JobSpec, *, cache_dir: str | None = None) -> DataRef:
     train = None if spec.data.train is None else tuple(str(t) for t in spec.data.train)
-    return DataRef(train=train, val=spec.data.val, skip_bad=False, cache_dir=cache_dir)
+    return DataRef(train=train, val=spec.data.val, skip_bad=spec.data.skip_bad, cache_dir=cache_dir)
 
 
 def threads_per_worker(spec: JobSpec) -> int:

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from search_spaces._dims import Choice, Dim, NumDim, Range
 from search_spaces._errors import SpecError
-from search_spaces._paths import check_paths
+from search_spaces._paths import check_paths, key_error
 from search_spaces._schema import JobSpec, spec_hash
 from search_spaces._sections import (
     BudgetsSpec,
@@ -109,6 +109,7 @@ __all__ = [
     "TrackingSpec",
     "TrainingSpec",
     "check_paths",
+    "key_error",
     "clamp_to_space",
     "is_range",
     "job_space",

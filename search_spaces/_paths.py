@@ -30,6 +30,13 @@ def _has_images(path: Path, exts: tuple[str, ...]) -> bool:
     return any(c.is_dir() and any(g.is_file() and g.suffix.lower() in exts for g in c.iterdir()) for c in children)
 
 
+def key_error(spec: JobSpec, key: str, message: str, spec_path: str | Path | None = None) -> SpecError:
+    """A one-line ``file:line: key: message`` error about dotted ``key`` (``data.train[0]``) of ``spec``."""
+    source = str(spec_path) if spec_path is not None else (spec.source or "<spec>")
+    lines = spec._lines
+    return spec_error(source, line_of(lines, split_key(key)) if lines else None, key, message)
+
+
 def check_paths(spec: JobSpec, spec_path: str | Path | None = None) -> JobSpec:
     """Check the files a spec names and apply its ``if_missing`` fallbacks; return the spec to run.
 
@@ -47,11 +54,9 @@ def check_paths(spec: JobSpec, spec_path: str | Path | None = None) -> JobSpec:
     Raises:
         SpecError: a required path that is missing, or a data path without images (one line, with the key's line).
     """
-    source = str(spec_path) if spec_path is not None else (spec.source or "<spec>")
-    lines = spec._lines
 
     def fail(key: str, message: str) -> SpecError:
-        return spec_error(source, line_of(lines, split_key(key)) if lines else None, key, message)
+        return key_error(spec, key, message, spec_path)
 
     teacher = spec.teacher
     w = teacher.weights

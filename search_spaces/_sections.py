@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, field_validator, model_validator
@@ -183,6 +184,9 @@ class DataSpec(SpecModel):
         None, ge=1, description="patches per epoch (sets the pruning schedule); null = number of images"
     )
     augment: bool = Field(True, description="random flips/rotations")
+    skip_bad: bool = Field(
+        False, description="skip unreadable or too-small images with a warning instead of stopping the job"
+    )
     cache: CacheSpec = Field(default_factory=CacheSpec)
 
     @model_validator(mode="before")
@@ -201,8 +205,12 @@ class DataSpec(SpecModel):
         for key, side in sizes:
             # The Laplacian KD loss halves the patch 4 times; LR = HR / scale must be whole.
             if side is None or side <= 0 or side % 16 or side % self.scale:
+                step = math.lcm(16, self.scale)
+                lo, hi = max(step, (side or 0) // step * step), ((side or 0) // step + 1) * step
                 raise KeyedError(
-                    key, f"HR patch {side} must be a positive multiple of 16 and of scale {self.scale}; e.g. 96"
+                    key,
+                    f"HR patch {side} must be a positive multiple of 16 and of scale {self.scale}; use e.g. "
+                    f"{lo} or {hi}",
                 )
         if self.patch_sizes is not None:
             bounds = self.patch_boundaries or []

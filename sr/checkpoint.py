@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -45,17 +46,35 @@ def read_checkpoint(path: str | Path) -> Any:
         raise CheckpointError(f"checkpoint not found: {path}; pass the path of a .pth file")
     if path.is_dir():
         raise CheckpointError(f"checkpoint path {path} is a folder; pass the path of a .pth file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ValueError... by format
-        reason, fix = _load_failure(exc)
-        raise CheckpointError(f"cannot read checkpoint {path} ({reason}); {fix}") from None
+    # torch warns on some files before it fails on them: held back so that a refused file gives one line only,
+    # and passed on when the load succeeds.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ValueError... by format
+            reason, fix = _load_failure(exc)
+            raise CheckpointError(f"cannot read checkpoint {path} ({reason}); {fix}") from None
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return obj
 
 
 def _load_failure(exc: Exception) -> tuple[str, str]:
     """(reason, fix), one line each, for a failed weights-only ``torch.load`` (torch's message spans lines)."""
     msg = str(exc)
-    if m := re.search(r"Unsupported global: GLOBAL (\S+)", msg):
+    # torch < 2.13: "Unsupported global: GLOBAL x.y"; torch 2.13: "unsupported GLOBAL posix.system whose module
+    # posix is blocked" (a module torch never allows, e.g. os/posix/subprocess/builtins)
+    if m := re.search(
+        r"[Uu]nsupported (?:global: )?GLOBAL (\S+?)(?: whose module (\S+) is blocked)?[.,]?(?:\s|$)", msg
+    ):
+        if m[2]:
+            return (
+                f"it holds a pickled call to {m[1]}, which would run code when unpickled; weights-only loading "
+                "refused it and nothing ran",
+                "do not load files from untrusted sources; re-save only tensors, e.g. "
+                "torch.save(model.state_dict(), path)",
+            )
         return (
             f"it pickles the Python object {m[1]}, which weights-only loading refuses to run",
             "re-save only tensors, e.g. torch.save(model.state_dict(), path)",
@@ -69,6 +88,10 @@ def _load_failure(exc: Exception) -> tuple[str, str]:
         return f"truncated or corrupt archive: {_one_line(first, 120)}", "re-download it or pass another checkpoint"
     if isinstance(exc, EOFError):
         return "the file is empty or truncated", "re-download it or pass another checkpoint"
+    if isinstance(exc, OSError):  # e.g. EINVAL seeking past the end of a zip container cut short
+        return f"truncated or corrupt file: {_one_line(str(exc), 80)}", "re-download it or pass another checkpoint"
+    if isinstance(exc, KeyError | IndexError | UnicodeDecodeError):  # e.g. a text file read as a legacy pickle
+        return "not a PyTorch checkpoint", "pass a .pth file written by torch.save"
     return f"{type(exc).__name__}: {_one_line(msg, 160)}", "pass a .pth file written by torch.save"
 
 
@@ -124,6 +147,7 @@ def load_weights(
     *,
     arch: str,
     key: str | None = None,
+    fix: str = _FIX,
 ) -> nn.Module:
     """Load a checkpoint into ``model`` (built as ``arch``) strictly, converting foreign layouts first.
 
@@ -136,7 +160,7 @@ def load_weights(
 
     Raises:
         CheckpointError: unreadable checkpoint, or one line naming ``arch``, the first 3 missing/unexpected/
-            shape-mismatched keys and the fix.
+            shape-mismatched keys and ``fix`` (by default: pass the matching --arch / --set).
         ConfigError: unknown ``arch``.
     """
     from sr.models import family_of, get_family  # lazy: importing sr.models builds the whole registry
@@ -155,7 +179,7 @@ def load_weights(
             sd = dict(convert(sd))
         except (KeyError, ValueError, IndexError, RuntimeError) as exc:
             reason = _one_line(f"{type(exc).__name__}: {exc}", 160)
-            raise CheckpointError(f"cannot convert checkpoint {src} for arch {arch!r} ({reason}); {_FIX}") from None
+            raise CheckpointError(f"cannot convert checkpoint {src} for arch {arch!r} ({reason}); {fix}") from None
 
     mine = model.state_dict()
     shape = [
@@ -171,13 +195,13 @@ def load_weights(
     if problems:
         raise CheckpointError(
             f"checkpoint {src} does not fit arch {arch!r}: {len(shape)} shape mismatch(es), {len(missing)} "
-            f"missing, {len(unexpected)} unexpected key(s), e.g. {'; '.join(problems[:3])}; {_FIX}"
+            f"missing, {len(unexpected)} unexpected key(s), e.g. {'; '.join(problems[:3])}; {fix}"
         )
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as exc:  # e.g. a dtype that cannot be copied; names and shapes were already checked
         reason = _one_line(str(exc), 160)
-        raise CheckpointError(f"cannot load checkpoint {src} into arch {arch!r} ({reason}); {_FIX}") from None
+        raise CheckpointError(f"cannot load checkpoint {src} into arch {arch!r} ({reason}); {fix}") from None
     return model
 
 

@@ -500,7 +500,7 @@ class PatchDataset(torch.utils.data.Dataset):
         if hr.shape[0] < self.hr_patch or hr.shape[1] < self.hr_patch:
             raise DataError(
                 f"image {name} is {hr.shape[1]}x{hr.shape[0]}, smaller than the {self.hr_patch}x{self.hr_patch} "
-                f"HR patch; pass a smaller --patch or pass --skip-bad"
+                f"HR patch; pass a smaller --hr-patch or --skip-bad (data.hr_patch / data.skip_bad: true in a job spec)"
             )
         hr = _crop_to_multiple(hr, s)
         if lr is None:

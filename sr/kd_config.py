@@ -106,11 +106,14 @@ class KDConfig:
         if self.grad_clip is not None:
             _num(self, "grad_clip", positive=True)
         if not isinstance(self.amp, bool):
-            raise ConfigError(f"KDConfig.amp must be true or false, got {self.amp!r}")
+            raise ConfigError(f"KDConfig.amp must be true or false, got {self.amp!r}; pass a bool")
         if any(not isinstance(m, int) or m < 1 for m in self.milestones) or list(self.milestones) != sorted(
             set(self.milestones)
         ):
-            raise ConfigError(f"KDConfig.milestones must be increasing positive step numbers, got {self.milestones!r}")
+            raise ConfigError(
+                f"KDConfig.milestones must be increasing positive step numbers, got {self.milestones!r}; "
+                "pass e.g. (200000, 400000)"
+            )
         self._check_patches()
 
     def _check_patches(self) -> None:
@@ -126,7 +129,9 @@ class KDConfig:
             )
         b = self.patch_boundaries
         if any(not isinstance(x, int) or x < 1 for x in b) or any(x >= y for x, y in zip(b, b[1:], strict=False)):
-            raise ConfigError(f"KDConfig.patch_boundaries must be increasing positive steps, got {b!r}")
+            raise ConfigError(
+                f"KDConfig.patch_boundaries must be increasing positive steps, got {b!r}; pass e.g. (500,)"
+            )
         field_name = "hr_patch" if self.hr_patch is not None else "patch_sizes"
         for p in sizes:
             if not isinstance(p, int) or p < self.scale or p % self.scale:
@@ -150,17 +155,19 @@ class KDConfig:
 def _int(cfg: KDConfig, name: str, *, lo: int) -> None:
     v = getattr(cfg, name)
     if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-        raise ConfigError(f"KDConfig.{name} must be an integer >= {lo}, got {v!r}")
+        raise ConfigError(f"KDConfig.{name} must be an integer >= {lo}, got {v!r}; pass a whole number >= {lo}")
 
 
 def _num(cfg: KDConfig, name: str, *, positive: bool) -> None:
     v = getattr(cfg, name)
     ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and (v > 0 if positive else v >= 0)
     if not ok:
-        raise ConfigError(f"KDConfig.{name} must be a {'positive' if positive else 'non-negative'} number, got {v!r}")
+        kind = "positive" if positive else "non-negative"
+        bound = "> 0" if positive else ">= 0"
+        raise ConfigError(f"KDConfig.{name} must be a {kind} number, got {v!r}; pass a finite number {bound}")
 
 
 def _choice(cfg: KDConfig, name: str, valid: tuple[str, ...]) -> None:
     v = getattr(cfg, name)
     if v not in valid:
-        raise ConfigError(f"unknown KDConfig.{name} {v!r}; valid: {', '.join(valid)}")
+        raise ConfigError(f"unknown KDConfig.{name} {v!r}; use one of {', '.join(valid)}")

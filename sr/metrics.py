@@ -124,7 +124,7 @@ def ssim(a: np.ndarray, b: np.ndarray, *, data_range: float) -> float:
     if a.ndim != 2 or a.shape != b.shape:
         raise UserError(f"ssim needs two 2-D arrays of one shape, got {a.shape} and {b.shape}")
     if min(a.shape) < _SSIM_WIN:
-        raise UserError(f"ssim needs images of at least {_SSIM_WIN}x{_SSIM_WIN}, got {a.shape}; use less crop")
+        raise UserError(f"ssim needs images of at least {_SSIM_WIN}x{_SSIM_WIN}, got {a.shape}; pass larger arrays")
     a = np.asarray(a, np.float64)
     b = np.asarray(b, np.float64)
     g = _gaussian_1d()
@@ -168,6 +168,12 @@ def ssim_y(sr: np.ndarray, hr: np.ndarray, *, crop: int) -> float:
         Mean SSIM, 1.0 for identical images.
     """
     _check_pair(sr, hr, crop, channels=3)
+    if min(hr.shape[:2]) - 2 * crop < _SSIM_WIN:
+        raise UserError(
+            f"a {hr.shape[1]}x{hr.shape[0]} image is too small for SSIM_Y: its {_SSIM_WIN}x{_SSIM_WIN} window needs "
+            f"{_SSIM_WIN + 2 * crop} px per side once the {crop}-px border (the scale) is cropped; use larger "
+            "evaluation images"
+        )
     y_sr = rgb_to_y(_crop(_to_uint8_grid(sr, "sr"), crop))
     y_hr = rgb_to_y(_crop(_to_uint8_grid(hr, "hr"), crop))
     return ssim(y_sr, y_hr, data_range=255.0)

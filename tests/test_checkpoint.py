@@ -170,6 +170,37 @@ class _Opaque:
     pass
 
 
+class _SystemCall:
+    """Unpickles as ``os.system(command)``: a real code-executing payload, as a crafted checkpoint would hold."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (self.command,))
+
+
+@pytest.mark.parametrize("zipfile", [True, False], ids=["zip", "legacy"])
+def test_os_system_payload_is_refused_never_run(tmp_path, zipfile, recwarn):
+    """Item 5: torch 2.13 words it "unsupported GLOBAL posix.system whose module posix is blocked"; the message
+    still names the call, says nothing ran and gives a fix, with no torch warning ahead of it."""
+    marker = tmp_path / "PWNED"
+    evil = tmp_path / "evil.pth"
+    torch.save({"params": _SystemCall(f"touch {marker}")}, evil, _use_new_zipfile_serialization=zipfile)
+    with pytest.raises(CheckpointError) as exc:
+        read_state_dict(evil)
+    msg = str(exc.value)
+    print(msg)
+    assert not marker.exists(), "the payload ran"
+    assert "\n" not in msg and str(evil) in msg
+    assert "system" in msg and "nothing ran" in msg
+    assert "; do not load files from untrusted sources" in msg and "torch.save(model.state_dict(), path)" in msg
+    assert "Re-running" not in msg and "weights_only` set to `False`" not in msg  # torch's own (wrong) advice
+    assert not [w for w in recwarn if "torch" in str(w.filename)]
+
+
 class _Exploding:
     """Pickling fails part-way through the save, like a crash mid-write."""
 

@@ -251,7 +251,7 @@ def test_allocate_student_matches_allocate_arch_without_overrides():
     ("case", "needle"),
     [
         ("missing_weights", "checkpoint not found"),
-        ("hr_patch_50", "hr_patch"),
+        ("hr_patch_50", "--hr-patch 50"),
         ("wrong_arch", "does not fit arch 'imdn'"),
         ("no_images", "no images in"),
         ("teacherless", "--teacher-arch"),

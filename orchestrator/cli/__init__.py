@@ -10,6 +10,8 @@ commands that need them so that ``srcompress`` starts fast.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import sys
 import traceback
@@ -105,9 +107,20 @@ def _usage_line(exc: _click.exceptions.UsageError) -> str:
     return f"srcompress: error: {message}; see {where} --help"
 
 
+# What the user's filesystem refuses (a read-only or full disk, a path through a file): their input, not a bug.
+_USER_OS_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ENOSPC, errno.EDQUOT}
+
+
+def _quiet_store_setup() -> None:
+    """MLflow logs its schema migrations at INFO when it creates a sqlite store: noise on every first run."""
+    for name in ("mlflow.store.db.utils", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit code (0 ok, 2 user error, 1 internal error, 130 interrupted)."""
     debug, args = _wants_debug(list(sys.argv[1:] if argv is None else argv))
+    _quiet_store_setup()
     try:
         return _dispatch(args)
     except UserError as exc:
@@ -132,14 +145,28 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `srcompress ... | head` closed the pipe: nothing left to tell anyone
         sys.stderr.close()
         return 0
+    except OSError as exc:
+        if exc.errno not in _USER_OS_ERRORS or exc.filename is None:
+            return _internal(exc, debug)
+        if debug:
+            traceback.print_exc()
+        print(
+            f"srcompress: error: cannot use {exc.filename}: {exc.strerror}; pass a path in a writable folder "
+            "(with free space)",
+            file=sys.stderr,
+        )
+        return 2
     except (typer.Abort, KeyboardInterrupt, EOFError):
         print("srcompress: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # an internal error: keep it to one line unless asked for the traceback
-        if debug:
-            traceback.print_exc()
-        print(
-            f"srcompress: internal error: {type(exc).__name__}: {exc}; rerun with --debug for the traceback",
-            file=sys.stderr,
-        )
-        return 1
+        return _internal(exc, debug)
+
+
+def _internal(exc: BaseException, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    text = " ".join(str(exc).split())
+    message = f"srcompress: internal error: {type(exc).__name__}: {text}; rerun with --debug for the traceback"
+    print(message, file=sys.stderr)
+    return 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -24,6 +26,37 @@ def parse_knobs(items: list[str] | None) -> dict[str, Any]:
         if not sep or not key:
             raise UserError(f"--set {item!r} is not KEY=VALUE; write e.g. --set C=24")
         knobs[key.strip()] = _parse_scalar(raw.strip())
+    return knobs
+
+
+def check_knobs(arch: str, knobs: dict[str, Any], option: str = "--set") -> dict[str, Any]:
+    """``knobs`` when each value has the type of ``arch``'s default for it; else one line naming the option.
+
+    Unknown names and architectures are left to ``sr.models`` (its errors are one line already).
+    """
+    from sr.models import resolve_knobs  # deferred: importing sr.models builds the registry (torch)
+
+    try:
+        defaults = resolve_knobs(arch)
+    except UserError:
+        return knobs
+    for key, value in knobs.items():
+        default = defaults.get(key)
+        if default is None or isinstance(default, str):
+            continue
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif isinstance(default, float):
+            ok, kind = isinstance(value, int | float) and not isinstance(value, bool), "a number"
+        else:
+            continue
+        if not ok:
+            raise UserError(
+                f"{option} {key}={value!r} is not {kind} ({arch}'s {key} is {default!r}); pass e.g. "
+                f"{option} {key}={default}"
+            )
     return knobs
 
 
@@ -61,4 +94,34 @@ def load_model(arch: str, *, scale: int, knobs: dict[str, Any], weights: str | N
     # deferred: torch is heavy and commands such as `srcompress status` never need it
     from sr.stages import load_model as load
 
-    return load(arch, {**knobs, "scale": scale}, weights)
+    return load(arch, {**check_knobs(arch, knobs), "scale": scale}, weights)
+
+
+def check_output(path: str | Path, option: str, *, folder: bool = False) -> Path:
+    """``path`` when it can be written (checked before any slow work); one line naming ``option`` otherwise.
+
+    Nothing is left behind: the nearest existing folder on the way to ``path`` must take a new file (probed by
+    creating and removing an empty hidden one, which catches read-only filesystems and sysfs-like folders that
+    even root cannot write), and ``path`` itself, when it exists, must be a folder (``folder=True``) or a file.
+    """
+    path = Path(path)
+    want = "a folder" if folder else "a file"
+    if path.exists() and path.is_dir() != folder:
+        raise UserError(f"cannot write {option} {path}: it exists and is not {want}; pass another path")
+    anc = path if folder and path.is_dir() else path.parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise UserError(f"cannot write {option} {path}: {anc} is a file, not a folder; pass a path in a folder")
+    probe = anc / f".srcompress-probe-{os.getpid()}"
+    try:
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(
+            f"cannot write {option} {path}: {anc} does not take new files ({exc.strerror}); pass a path in a "
+            "writable folder"
+        ) from None
+    if path.is_file() and not os.access(path, os.W_OK):
+        raise UserError(f"cannot write {option} {path}: the file is read-only; pass another path")
+    return path

@@ -20,7 +20,7 @@ from typing import Annotated, Any
 import typer
 
 from orchestrator import ui as _ui
-from orchestrator.cli._common import JsonOpt, _fmt_g, _fmt_int, _print_table
+from orchestrator.cli._common import JsonOpt, _fmt_g, _fmt_int, _print_table, check_output
 from orchestrator.tracking import Tracker, check_reachable, default_tracking_uri
 from search_spaces import load_job_spec, parse_size
 from sr.errors import UserError
@@ -212,6 +212,7 @@ def report(
     """A self-contained HTML report (trade-off plots, Pareto table, progress) of a search."""
     from orchestrator.results.report import report_for_experiment  # deferred: pandas, pyarrow, matplotlib
 
+    check_output(output, "-o")
     uri, job_exp = resolve_store(tracking_uri, job)
     name = _experiment(experiment, job_exp)
     html = report_for_experiment(
@@ -245,6 +246,7 @@ def table(
     suffix = Path(output).suffix.lower()
     if suffix not in (".parquet", ".csv"):
         raise UserError(f"cannot write {output!r}: use a .parquet or .csv file name")
+    check_output(output, "-o")
     uri, job_exp = resolve_store(tracking_uri, job)
     name = _experiment(experiment, job_exp)
     df = search_trials(uri, name, parent_run_id)
@@ -287,6 +289,7 @@ def export(
     if fmt == "onnx":
         require_onnx()  # before the slow load
     hw = _parse_hw(sample_size)
+    check_output(output, "-o")
     uri, _ = resolve_store(tracking_uri, job)
     net, meta = load_model_uri(model, tracking_uri=uri)
     res = export_model(net, output, fmt=fmt, sample_hw=hw, atol=atol)  # type: ignore[arg-type]
@@ -320,7 +323,7 @@ def ui(
         str | None, typer.Option(help="Storage folder holding mlflow.db (default ./srcompress_runs)")
     ] = None,
     job: JobOpt = None,
-    port: Annotated[int, typer.Option(help="TCP port")] = 5000,
+    port: Annotated[int, typer.Option(help="TCP port", min=1, max=65535)] = 5000,
     host: Annotated[str, typer.Option(help="Interface to bind; 0.0.0.0 exposes the UI to the network")] = "127.0.0.1",
     wait_s: Annotated[float, typer.Option(help="Seconds to wait for the server to come up")] = 60.0,
 ) -> None:

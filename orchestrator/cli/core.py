@@ -11,7 +11,16 @@ from typing import Annotated, Any
 
 import typer
 
-from orchestrator.cli._common import JsonOpt, SetOpt, _fmt_g, _fmt_int, _print_table, load_model, parse_knobs
+from orchestrator.cli._common import (
+    JsonOpt,
+    SetOpt,
+    _fmt_g,
+    _fmt_int,
+    _print_table,
+    check_knobs,
+    load_model,
+    parse_knobs,
+)
 from sr.errors import UserError
 
 
@@ -67,6 +76,8 @@ def complexity(
 
     knobs = parse_knobs(set_)
     archs = list_variants() if arch == ["all"] else arch
+    for a in archs:
+        check_knobs(a, knobs)
     rows = [complexity_row(a, scale=scale, knobs=knobs) for a in archs]
     if as_json:
         print(json.dumps(rows[0] if len(rows) == 1 else rows))

@@ -16,7 +16,16 @@ from typing import Annotated, Any
 
 import typer
 
-from orchestrator.cli._common import JsonOpt, SetOpt, _fmt_g, _fmt_int, _print_table, parse_knobs
+from orchestrator.cli._common import (
+    JsonOpt,
+    SetOpt,
+    _fmt_g,
+    _fmt_int,
+    _print_table,
+    check_knobs,
+    check_output,
+    parse_knobs,
+)
 from sr.errors import UserError
 
 DataOpt = Annotated[
@@ -116,7 +125,7 @@ def prune(
 
     summary = method_run.run_prune_stage(
         arch=arch,
-        knobs=parse_knobs(set_),
+        knobs=check_knobs(arch, parse_knobs(set_)),
         weights=weights,
         data=data,
         val=val,
@@ -133,7 +142,7 @@ def prune(
         log_every=log_every,
         ckpt_every=ckpt_every,
         seed=seed,
-        out=Path(out),
+        out=check_output(out, "--out", folder=True),
         resume=resume,
         skip_bad=skip_bad,
         quiet=as_json,
@@ -215,15 +224,17 @@ def distill(
     summary = method_run.run_distill_stage(
         cfg=cfg,
         student_arch=student_arch,
-        student_knobs=parse_knobs(set_),
+        student_knobs=check_knobs(student_arch, parse_knobs(set_)),
         teacher_arch=teacher_arch,
-        teacher_knobs=parse_knobs(teacher_set),
+        teacher_knobs=check_knobs(teacher_arch, parse_knobs(teacher_set), "--teacher-set")
+        if teacher_arch
+        else parse_knobs(teacher_set),
         teacher_weights=teacher_weights,
         data=data,
         val=val,
         cache=cache,
         cache_dir=cache_dir,
-        out=Path(out),
+        out=check_output(out, "--out", folder=True),
         resume=resume,
         skip_bad=skip_bad,
         quiet=as_json,
@@ -275,13 +286,15 @@ def compress(
         steps=kd_steps, batch_size=batch_size, hr_patch=hr_patch, patch_sizes=None, patch_boundaries=None,
         scale=scale, lr=kd_lr, optimizer=optimizer, w_gt=None, w_lap=None, w_hf=None, paper_alpha=paper_alpha,
         gt_only=False, ema_decay=0.999, val_every=0, ckpt_every=None, seed=seed,
+        option_names={"steps": "--kd-steps", "lr": "--kd-lr"},
     )  # fmt: skip
     prune_opts = {"steps": prune_steps, "batch_size": batch_size, "hr_patch": hr_patch, "lr": prune_lr}
     prune_opts.update(lambda_=lambda_, epsilon=epsilon, np_epochs=np_epochs, batches_per_epoch=batches_per_epoch)
     prune_opts.update(quirk_epoch_in_samples=quirk_epoch_in_samples, seed=seed)
     summary = method_run.run_compress(
-        arch=arch, weights=weights, data=data, knobs=parse_knobs(set_), cfg=cfg, prune=prune_opts, density=density,
-        val=val, cache=cache, root=Path(out), resume=resume, skip_bad=skip_bad, quiet=as_json,
+        arch=arch, weights=weights, data=data, knobs=check_knobs(arch, parse_knobs(set_)), cfg=cfg, prune=prune_opts,
+        density=density, val=val, cache=cache, root=check_output(out, "--out", folder=True), resume=resume,
+        skip_bad=skip_bad, quiet=as_json,
     )  # fmt: skip
     if as_json:
         print(json.dumps(summary))

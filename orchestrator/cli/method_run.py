@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import time
 import warnings
 from pathlib import Path
@@ -24,7 +25,7 @@ from sr.allocate import allocate_student
 from sr.budget import price
 from sr.data import fallback_eval_pairs, load_eval_pairs, resolve_train_sources
 from sr.distill import KDConfig
-from sr.errors import UserError
+from sr.errors import ConfigError, UserError
 from sr.evaluate import evaluate_bicubic, evaluate_model
 from sr.models import arch_tag, family_of
 from sr.prune import PruneConfig
@@ -177,6 +178,40 @@ def run_prune_stage(
 
 
 # ---------------------------------------------------------------------------------------------------- distill
+# KDConfig's fields as the options that set them, so that its errors name what the user typed.
+_KD_OPTIONS = {
+    "steps": "--steps",
+    "batch_size": "--batch-size",
+    "hr_patch": "--hr-patch",
+    "patch_sizes": "--patch-sizes",
+    "patch_boundaries": "--patch-boundaries",
+    "scale": "--scale",
+    "lr": "--lr",
+    "optimizer": "--optimizer",
+    "ema_decay": "--ema-decay",
+    "w_gt": "--w-gt",
+    "w_lap": "--w-lap",
+    "w_hf": "--w-hf",
+    "val_every": "--val-every",
+    "ckpt_every": "--ckpt-every",
+    "seed": "--seed",
+}
+
+
+def _as_options(message: str, names: dict[str, str]) -> str:
+    """A KDConfig message with ``KDConfig.field`` (or a bare ``field=``) replaced by the command-line option."""
+    message = re.sub(r"KDConfig\.(\w+)", lambda m: names.get(m[1], m[1]), message)
+    return re.sub(r"\b(\w+)=", lambda m: f"{names[m[1]]} " if m[1] in names else m[0], message)
+
+
+def _check_patch_sides(sizes: tuple[int, ...], option: str) -> None:
+    """Every HR patch side a multiple of 16 (the Laplacian KD loss halves it 4 times), as ``--help`` says."""
+    for side in sizes:
+        if side <= 0 or side % 16:
+            lo, hi = max(16, side // 16 * 16), (max(side, 0) // 16 + 1) * 16
+            raise UserError(f"{option} {side} is not a positive multiple of 16 (px); pass e.g. {option} {lo} or {hi}")
+
+
 def kd_config(
     *,
     steps: int,
@@ -196,8 +231,13 @@ def kd_config(
     val_every: int,
     ckpt_every: int | None,
     seed: int,
+    option_names: dict[str, str] | None = None,
 ) -> KDConfig:
-    """The :class:`sr.distill.KDConfig` of the command-line options (one-line errors for conflicting ones)."""
+    """The :class:`sr.distill.KDConfig` of the command-line options (one-line errors naming the options).
+
+    ``option_names`` overrides the option a field is set by (``compress`` sets ``steps`` with ``--kd-steps``).
+    """
+    names = {**_KD_OPTIONS, **(option_names or {})}
     explicit = {k: v for k, v in (("--w-gt", w_gt), ("--w-lap", w_lap), ("--w-hf", w_hf)) if v is not None}
     if gt_only and (explicit or paper_alpha is not None):
         raise UserError("--gt-only sets the loss weights itself; drop --w-gt/--w-lap/--w-hf/--paper-alpha")
@@ -218,26 +258,31 @@ def kd_config(
         raise UserError("--patch-boundaries needs --patch-sizes; pass e.g. --patch-sizes 64,160 --patch-boundaries 500")
     if not sizes and hr_patch is None:
         hr_patch = 96
+    _check_patch_sides(sizes or (hr_patch,), names["patch_sizes" if sizes else "hr_patch"])  # type: ignore[arg-type]
     if not isinstance(steps, int) or steps < 1:
-        raise UserError(f"--steps must be a positive integer, got {steps!r}; pass e.g. --steps 1000")
+        o = names["steps"]
+        raise UserError(f"{o} must be a positive integer, got {steps!r}; pass e.g. {o} 1000")
     if ckpt_every is None:
         ckpt_every = max(1, steps // 10)
-    return KDConfig(
-        steps=steps,
-        batch_size=batch_size,
-        hr_patch=hr_patch,
-        patch_sizes=sizes,
-        patch_boundaries=bounds,
-        scale=scale,
-        lr=lr,
-        optimizer=optimizer,  # type: ignore[arg-type]
-        ema_decay=ema_decay if ema_decay > 0 else None,
-        val_every=val_every,
-        log_every=min(ckpt_every, max(1, steps // 20)),
-        ckpt_every=ckpt_every,
-        seed=seed,
-        **weights,
-    )
+    try:
+        return KDConfig(
+            steps=steps,
+            batch_size=batch_size,
+            hr_patch=hr_patch,
+            patch_sizes=sizes,
+            patch_boundaries=bounds,
+            scale=scale,
+            lr=lr,
+            optimizer=optimizer,  # type: ignore[arg-type]
+            ema_decay=ema_decay if ema_decay > 0 else None,
+            val_every=val_every,
+            log_every=min(ckpt_every, max(1, steps // 20)),
+            ckpt_every=ckpt_every,
+            seed=seed,
+            **weights,
+        )
+    except ConfigError as exc:
+        raise UserError(_as_options(str(exc), names)) from None
 
 
 def _teacher(cfg: KDConfig, arch: str | None, knobs: dict[str, Any], weights: str | None, cache: int | None) -> Any:

@@ -1,0 +1,159 @@
+"""Checks of a job's inputs before Ray starts: what would otherwise fail inside a Ray task, after the job's state
+and MLflow parent run exist.
+
+``preflight(spec)`` decodes every local training and validation image (checking the training ones against the
+largest HR patch, the validation ones against what SSIM needs after its border crop) and loads the teacher's
+weights into its architecture on the CPU. Each problem is one ``file:line: key: cause; fix`` line. With
+``data.skip_bad: true`` unusable images are skipped with a warning, as the workers will skip them, and only a
+data set left without any usable image fails. ``undo_new_dirs`` removes the folders a failed start created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from search_spaces import JobSpec, key_error
+from search_spaces._values import is_uri
+from sr.checkpoint import load_weights
+from sr.data import list_images, load_eval_pairs, read_image, resolve_train_sources
+from sr.errors import CheckpointError, DataError
+
+__all__ = ["preflight", "undo_new_dirs"]
+
+_SSIM_WIN = 11  # sr.metrics' SSIM window: the smallest side left after removing the scale-px border
+
+
+def preflight(spec: JobSpec, spec_path: str | os.PathLike[str] | None = None) -> None:
+    """Raise a one-line ``SpecError`` for unusable images or teacher weights (see the module's docstring)."""
+    _check_train(spec, spec_path)
+    _check_val(spec, spec_path)
+    _check_teacher(spec, spec_path)
+
+
+def _fix(spec: JobSpec, what: str) -> str:
+    return what if spec.data.skip_bad else f"{what}, or set data.skip_bad: true to skip such images"
+
+
+def _skipping(problem: str) -> None:
+    print(f"[srcompress] warning: skipping {problem} (data.skip_bad: true)", flush=True)
+
+
+def _train_side(spec: JobSpec) -> int:
+    """The largest HR patch any stage cuts from a training image (the fallback teacher trains on 48 px)."""
+    d = spec.data
+    sides = [d.hr_patch] if d.patch_sizes is None else list(d.patch_sizes)
+    if spec.teacher.weights is None:
+        sides.append(48)
+    return max(s for s in sides if s is not None)
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    img = read_image(path)  # decodes fully: a truncated file fails here
+    return int(img.shape[1]), int(img.shape[0])
+
+
+def _check_train(spec: JobSpec, spec_path: Any) -> None:
+    train = spec.data.train
+    if not train:
+        return  # the built-in sample images
+    side = _train_side(spec)
+    for i, src in enumerate(train):
+        if is_uri(str(src)):
+            continue
+        key = f"data.train[{i}]"
+        try:
+            files = [f for p in resolve_train_sources([src]) for f in _image_files(p)]
+        except DataError as exc:
+            raise key_error(spec, key, str(exc), spec_path) from None
+        usable = 0
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            sizes = pool.map(_try_size, files)
+            for f, size in zip(files, sizes, strict=True):
+                problem = size if isinstance(size, str) else None
+                if problem is None and min(size) < side:  # type: ignore[arg-type]
+                    w, h = size  # type: ignore[misc]
+                    problem = f"image {f} is {w}x{h}, smaller than the {side}x{side} HR patch (lower data.hr_patch)"
+                if problem is None:
+                    usable += 1
+                elif spec.data.skip_bad:
+                    _skipping(problem)
+                else:
+                    raise key_error(spec, key, _fix(spec, f"{problem}; replace or remove it"), spec_path)
+        if not usable:
+            raise key_error(spec, key, f"{src} holds no usable image; point at images of at least {side} px", spec_path)
+
+
+def _image_files(source: Any) -> list[Path]:
+    return list_images(source) if isinstance(source, Path) and source.is_dir() else [source]
+
+
+def _try_size(path: Path) -> tuple[int, int] | str:
+    try:
+        return _image_size(path)
+    except DataError as exc:
+        return str(exc).split("; ")[0]  # the cause; the fix is the spec's, added by the caller
+
+
+def _check_val(spec: JobSpec, spec_path: Any) -> None:
+    val = spec.data.val
+    if val is None or is_uri(str(val)):
+        return
+    scale = spec.data.scale
+    with warnings.catch_warnings(record=True) as skipped:
+        warnings.simplefilter("always")
+        try:
+            pairs = load_eval_pairs(val, scale, skip_bad=spec.data.skip_bad)
+        except DataError as exc:
+            cause = str(exc).split("; ")[0]
+            raise key_error(spec, "data.val", _fix(spec, f"{cause}; fix or replace it"), spec_path) from None
+    for w in skipped:
+        _skipping(str(w.message).removeprefix("skipping: "))
+    least = _SSIM_WIN + 2 * scale
+    small = [p for p in pairs if min(p.hr.shape[:2]) < least]
+    if small and (len(small) == len(pairs) or not spec.data.skip_bad):
+        h, w = small[0].hr.shape[:2]
+        raise key_error(
+            spec,
+            "data.val",
+            f"image {small[0].name} is {w}x{h}: too small to score (SSIM_Y needs {least} px per side at x{scale}); "
+            + _fix(spec, "use larger validation images"),
+            spec_path,
+        )
+
+
+def _check_teacher(spec: JobSpec, spec_path: Any) -> None:
+    """The teacher's weights load into ``teacher.arch`` with ``teacher.set`` (weights-only, on the CPU)."""
+    weights = spec.teacher.weights
+    if weights is None or is_uri(str(weights)):
+        return
+    # deferred: building the model registry imports every architecture; only a job with teacher weights needs it
+    from sr.models import build
+
+    try:
+        model = build(spec.teacher.arch, **{**spec.teacher.set, "scale": spec.data.scale})
+        load_weights(model, weights, arch=spec.teacher.arch, fix="set teacher.arch and teacher.set to match it")
+    except CheckpointError as exc:
+        raise key_error(spec, "teacher.weights", str(exc), spec_path) from None
+
+
+@contextlib.contextmanager
+def undo_new_dirs(path: Path) -> Iterator[None]:
+    """On an exception, remove ``path`` and the parents this block created, when they are still empty."""
+    created = []
+    p = path
+    while not p.exists() and p != p.parent:
+        created.append(p)
+        p = p.parent
+    try:
+        yield
+    except BaseException:
+        for d in created:  # deepest first
+            with contextlib.suppress(OSError):  # not empty (or already gone): keep it
+                d.rmdir()
+        raise
