@@ -258,7 +258,8 @@ def _kd_step(
                     t_out = teacher(lr_b)
             else:
                 t_out = teacher(lr_b)
-    terms = kd_loss(sr.float(), None if t_out is None else t_out.float(), hr_b, gt_loss=cfg.gt_loss, **weights)
+    t_f = None if t_out is None else t_out.float()
+    terms = kd_loss(sr.float(), t_f, hr_b, gt_loss=cfg.gt_loss, lap_weighting=cfg.lap_weighting, **weights)
     opt, scaler = parts.optimizer, parts.scaler
     opt.zero_grad(set_to_none=True)
     scaler.scale(terms["total"]).backward()
