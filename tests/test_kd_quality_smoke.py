@@ -61,3 +61,26 @@ def test_kd_quality_json_row_and_stats(tmp_path, set5_dir, t91_dir, imdn_x2_weig
     text = md.read_text()
     assert "intro kept as is" in text and "## kd_quality" in text
     assert f"`{out['command']}`" in text
+
+
+def test_channels_last_json_row(tmp_path):
+    md = tmp_path / "BENCHMARKS.md"
+    args = ["--quick", "--batch", "2", "--threads", "1", "--benchmarks-md", str(md)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.channels_last", *args],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip())
+    assert (out["batch"], out["lr_patch"], out["threads"]) == (2, 16, 1)
+    for kind in ("kd_step", "student_fwd_bwd", "conv"):
+        g = out["gmacs_per_s"][kind]
+        assert g["nchw"] > 0 and g["channels_last"] > 0, kind
+        assert out["channels_last_speedup"][kind] == pytest.approx(g["channels_last"] / g["nchw"], rel=0.01)
+    assert out["faster_kd_step"] in ("nchw", "channels_last")
+    assert isinstance(out["goal_met"], bool)
+    assert "## channels_last" in md.read_text() and f"`{out['command']}`" in md.read_text()
