@@ -35,11 +35,13 @@ from __future__ import annotations
 
 import copy
 import math
+import multiprocessing
 import os
 import statistics
 import tempfile
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +109,8 @@ def _parse_args(argv: Sequence[str]) -> Any:
     p.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default 3; quick 1)")
     p.add_argument("--students", default=",".join(STUDENTS), help=f"subset of {','.join(STUDENTS)}")
     p.add_argument("--modes", default=",".join(MODES), help=f"subset of {','.join(MODES)} (gt is the baseline)")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads per process (default 1)")
+    p.add_argument("--jobs", type=int, default=1, help="(student, seed) trainings run side by side (default 1)")
     p.add_argument("--hr-patch", type=int, default=None, help="HR patch side, a multiple of 16 (default 48)")
     p.add_argument("--batch", type=int, default=16, help="batch size (default 16)")
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 3e-3)")
@@ -123,8 +126,8 @@ def _parse_args(argv: Sequence[str]) -> Any:
             setattr(args, key, preset[key])
     args.students = _csv(args.students, tuple(STUDENTS), "students", p)
     args.modes = _csv(args.modes, MODES, "modes", p)
-    if min(args.steps, args.seeds, args.threads, args.batch) < 1:
-        p.error("--steps, --seeds, --threads and --batch must be positive")
+    if min(args.steps, args.seeds, args.threads, args.batch, args.jobs) < 1:
+        p.error("--steps, --seeds, --threads, --batch and --jobs must be positive")
     for path in (args.teacher_weights, args.train_dir, args.test_dir):
         if not path.exists():
             p.error(f"{path} does not exist; pass its location (or set SRCOMPRESS_SHARED to the shared folder)")
@@ -167,8 +170,20 @@ def _train(args: Any, mode: str, seed: int, init: nn.Module, cached: CachedKDDat
     # Scored after training, with no selection on Set5: the final (EMA) weights.
     psnr = evaluate_model(res.model, test_pairs, scale=SCALE).psnr_y
     wall = time.perf_counter() - t0
-    log(f"  seed {seed} {mode}: Set5 PSNR_Y {psnr:.3f} dB in {wall:.0f} s (load {load:.1f})")
+    log(f"  {type(init).__name__} seed {seed} {mode}: Set5 PSNR_Y {psnr:.3f} dB in {wall:.0f} s (load {load:.1f})")
     return {"psnr_y": psnr, "wall_s": wall, "steps_per_s": res.steps_per_s}
+
+
+def _seed_runs(args: Any, name: str, seed: int, cache_path: Path) -> dict[str, Any]:
+    """Every mode of one student and seed (from one init, on one batch order); runs in a worker with ``--jobs``."""
+    torch.set_num_threads(args.threads)
+    test_pairs = load_eval_pairs(args.test_dir, SCALE, lr_source="shipped")
+    torch.manual_seed(seed)
+    init = build(name, scale=SCALE, **STUDENTS[name])
+    cached = CachedKDDataset(cache_path, augment=True, seed=seed)
+    split = _grad_split(init, cached, args.batch) if seed == 0 else None
+    log(f"{name} seed {seed}: {args.steps} steps per mode")
+    return {"grad_split": split, "runs": {m: _train(args, m, seed, init, cached, test_pairs) for m in args.modes}}
 
 
 def _grad_split(student: nn.Module, cached: CachedKDDataset, batch: int) -> dict[str, dict[str, float]]:
@@ -250,24 +265,24 @@ def run(args: Any) -> dict[str, Any]:
             teacher, source, n_patches=n_patches, out_dir=root, device="cpu", exact_dihedral=True
         )
         log(f"cache: {n_patches} patches x 8 exact targets, built in {info.wall_s:.0f} s (built={info.built})")
+        tasks = [(name, seed) for name in args.students for seed in range(args.seeds)]
+        if args.jobs > 1:
+            # One process per (student, seed), each with --threads threads: the trainings are independent and
+            # deterministic, so running them side by side changes no figure, only the wall time.
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as pool:
+                futures = [pool.submit(_seed_runs, args, name, seed, info.path) for name, seed in tasks]
+                results = [f.result() for f in futures]
+        else:
+            results = [_seed_runs(args, name, seed, info.path) for name, seed in tasks]
         for name in args.students:
+            mine = [r for (n, _), r in zip(tasks, results, strict=True) if n == name]
             knobs = STUDENTS[name]
-            runs: dict[str, list[dict]] = {m: [] for m in args.modes}
-            split = None
-            for seed in range(args.seeds):
-                torch.manual_seed(seed)
-                init = build(name, scale=SCALE, **knobs)
-                cached = CachedKDDataset(info.path, augment=True, seed=seed)
-                if split is None:
-                    split = _grad_split(init, cached, args.batch)
-                log(f"{name} seed {seed}: {args.steps} steps per mode")
-                for mode in args.modes:
-                    runs[mode].append(_train(args, mode, seed, init, cached, test_pairs))
             students[name] = {
                 "knobs": knobs,
                 "params": count_params(build(name, scale=SCALE, **knobs)),
-                "grad_split_at_init": split,
-                **_student_figures(runs, bic),
+                "grad_split_at_init": mine[0]["grad_split"],
+                **_student_figures({m: [r["runs"][m] for r in mine] for m in args.modes}, bic),
             }
     goals = [s["goal_met"] for s in students.values() if "goal_met" in s]
     return {
@@ -281,6 +296,7 @@ def run(args: Any) -> dict[str, Any]:
         "ema_decay": args.ema_decay or None,
         "seeds": args.seeds,
         "threads": args.threads,
+        "jobs": args.jobs,
         "selection": "none: final EMA weights scored on Set5 (test only)",
         "kd_weights": {"w_gt": 0.1, "w_lap": 1.0, "w_hf": 1.0},
         "gt_weights": {"w_gt": 1.0, "w_lap": 0.0, "w_hf": 0.0},
