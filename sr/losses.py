@@ -192,10 +192,11 @@ def level_weights(
 ) -> list[float] | list[torch.Tensor]:
     """The per-level weights ``w_i`` of the Laplacian loss ``sum_i w_i mean|P_i(x) - P_i(y)|``.
 
-    * ``"authors"``: ``2^i`` (the authors' code; REFERENCE §1 stage 3). Level ``i`` has ``4^i`` fewer pixels, and
-      the mean-reduced L1 gradient per pixel does not shrink with the error, so the low-pass residual (weight 16
-      at 5 levels) carries most of the gradient: ~87% of the KD gradient, 30-40x the GT term's at ``w_gt = 0.1``
-      (measured on edsr_mini, see BENCHMARKS.md kd_quality).
+    * ``"authors"``: ``2^i`` (the authors' code; REFERENCE §1 stage 3). Level ``i`` has ``4^i`` fewer pixels, so
+      its mean gives each of them ``4^i`` times the gradient of a level-0 pixel, times ``2^i`` more; and an L1
+      gradient does not shrink with the error. So the low-pass residual (weight 16 at 5 levels) carries most of
+      the KD gradient: ~87% during edsr_mini training, the KD gradient 30-40x the GT term's at ``w_gt = 0.1``
+      (issue "distillation quality"); ``bench.kd_quality`` reports the split at init.
     * ``"flat"``: ``1`` per level; every level's mean error counts alike.
     * ``"normalized"``: ``w_i = L / m_i / sum_j (1 / m_j)`` with ``m_i = mean|P_i(ref)|`` of the reference
       (teacher) pyramid, detached: each level's error is measured relative to the typical amplitude of that band,
