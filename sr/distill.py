@@ -257,7 +257,16 @@ def _kd_step(
                 t_out = teacher(lr_b)
     t = None if t_out is None else t_out.float()
     w = weights
-    terms = kd_loss(sr.float(), t, hr_b, gt_loss=cfg.gt_loss, w_gt=w["w_gt"], w_lap=w["w_lap"], w_hf=w["w_hf"])
+    terms = kd_loss(
+        sr.float(),
+        t,
+        hr_b,
+        gt_loss=cfg.gt_loss,
+        lap_weighting=cfg.lap_weighting,
+        w_gt=w["w_gt"],
+        w_lap=w["w_lap"],
+        w_hf=w["w_hf"],
+    )
     opt, scaler = parts.optimizer, parts.scaler
     opt.zero_grad(set_to_none=True)
     scaler.scale(terms["total"]).backward()

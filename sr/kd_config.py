@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from sr.errors import ConfigError
-from sr.losses import check_patch_side
+from sr.losses import LAP_WEIGHTINGS, check_patch_side
 
 __all__ = ["KDConfig"]
 
@@ -35,6 +35,8 @@ class KDConfig:
         milestones, gamma: ``MultiStepLR`` (in steps).
         ema_decay: weight EMA decay (BasicSR 0.999), or None for no EMA.
         w_gt, w_lap, w_hf, gt_loss: see :func:`sr.losses.kd_loss`.
+        lap_weighting: level weights of the Laplacian KD terms, ``"authors"`` (``2^i``, the default, as the
+            authors' code), ``"flat"`` or ``"normalized"``; see :func:`sr.losses.level_weights`.
         teacher_mode: ``"eval"`` (frozen, eval mode, no_grad) or ``"train_autograd"`` (authors' recipe).
         val_every: validate every so many steps (0: only at the end); needs ``val_pairs``.
         log_every: call ``report`` every so many steps (and at the end; 0: only at the end).
@@ -62,6 +64,7 @@ class KDConfig:
     w_lap: float = 1.0
     w_hf: float = 1.0
     gt_loss: Literal["l1", "charbonnier"] = "l1"
+    lap_weighting: Literal["authors", "flat", "normalized"] = "authors"
     teacher_mode: Literal["eval", "train_autograd"] = "eval"
     val_every: int = 0
     log_every: int = 100
@@ -94,6 +97,7 @@ class KDConfig:
             raise ConfigError("KDConfig.w_gt, w_lap and w_hf are all 0, so nothing trains; set one of them > 0")
         _choice(self, "optimizer", ("adam", "adamax"))
         _choice(self, "gt_loss", ("l1", "charbonnier"))
+        _choice(self, "lap_weighting", LAP_WEIGHTINGS)
         _choice(self, "teacher_mode", ("eval", "train_autograd"))
         if (
             not isinstance(self.betas, tuple)

@@ -5,7 +5,8 @@
   reflect padding 2;
 * :func:`laplacian_pyramid` / :func:`reconstruct_pyramid` (Burt & Adelson 1983, the authors' layout: blur,
   ``avg_pool2d`` by 2, expand = ``4 G(zero-insert upsample)``, 4 band-pass levels + the low-pass residual);
-* :func:`laplacian_loss` ``Lap(x, y) = sum_i 2^i mean|P_i(x) - P_i(y)|``;
+* :func:`laplacian_loss` ``Lap(x, y) = sum_i w_i mean|P_i(x) - P_i(y)|`` with the level weights ``w_i`` of
+  :func:`level_weights`: the authors' ``2^i`` (default), ``flat`` or ``normalized`` (see :data:`LAP_WEIGHTINGS`);
 * :func:`high_freq` ``HF(x) = x - G(x)`` and :func:`multilap_loss` ``Lap(HF(p), HF(t)) + Lap(p, t)``;
 * :func:`kd_loss` ``w_gt L_gt(S, GT) + w_lap Lap(S, T) + w_hf Lap(HF(S), HF(T))`` with :class:`KDWeights`
   presets for the authors' code (``w_dis = 1``, ``w_gt = 0.1``) and the paper's ``L_ori + alpha L_dis``.
@@ -20,7 +21,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +31,11 @@ from sr.errors import ConfigError
 __all__ = [
     "CHARBONNIER_EPS",
     "KDWeights",
+    "LAP_WEIGHTINGS",
+    "LapWeighting",
     "binomial_kernel",
     "charbonnier_loss",
+    "check_lap_weighting",
     "check_patch_side",
     "gaussian_blur",
     "high_freq",
@@ -39,18 +43,23 @@ __all__ = [
     "l1_loss",
     "laplacian_loss",
     "laplacian_pyramid",
+    "level_weights",
     "multilap_loss",
     "reconstruct_pyramid",
 ]
 
 GtLoss = Literal["l1", "charbonnier"]
 Reduction = Literal["mean", "sum"]
+LapWeighting = Literal["authors", "flat", "normalized"]
+# The level weightings of the Laplacian loss (see level_weights); "authors" reproduces the paper's code.
+LAP_WEIGHTINGS: tuple[str, ...] = ("authors", "flat", "normalized")
 
 # BasicSR's CharbonnierLoss default, used by the authors for pruning: sqrt(d^2 + 1e-12) differs from |d| by at
 # most 1e-6, so it is L1 in effect (but with a finite gradient at d = 0).
 CHARBONNIER_EPS = 1e-12
 _BINOMIAL_1D = (1.0, 4.0, 6.0, 4.0, 1.0)
 _PAD = 2  # half the 5-tap kernel
+_NORM_EPS = 1e-8  # keeps the normalized weights finite when a reference band is all zero (a flat patch)
 
 
 # ------------------------------------------------------------------------------------------------ pixel losses
@@ -172,24 +181,93 @@ def reconstruct_pyramid(pyr: Sequence[torch.Tensor]) -> torch.Tensor:
     return cur
 
 
-def _lap_of_diff(d: torch.Tensor, *, levels: int, reduction: Reduction) -> torch.Tensor:
+def check_lap_weighting(weighting: str, *, who: str = "lap_weighting") -> None:
+    """Raise ConfigError unless ``weighting`` is one of :data:`LAP_WEIGHTINGS`."""
+    if weighting not in LAP_WEIGHTINGS:
+        raise ConfigError(f"unknown {who} {weighting!r}; valid: {', '.join(LAP_WEIGHTINGS)}")
+
+
+def level_weights(
+    weighting: LapWeighting, levels: int, *, ref_pyramid: Sequence[torch.Tensor] | None = None
+) -> list[float] | list[torch.Tensor]:
+    """The per-level weights ``w_i`` of the Laplacian loss ``sum_i w_i mean|P_i(x) - P_i(y)|``.
+
+    * ``"authors"``: ``2^i`` (the authors' code; REFERENCE §1 stage 3). Level ``i`` has ``4^i`` fewer pixels, so
+      its mean gives each of them ``4^i`` times the gradient of a level-0 pixel, times ``2^i`` more; and an L1
+      gradient does not shrink with the error. So the low-pass residual (weight 16 at 5 levels) carries most of
+      the KD gradient: ~87% during edsr_mini training, the KD gradient 30-40x the GT term's at ``w_gt = 0.1``
+      (issue "distillation quality"); ``bench.kd_quality`` reports the split at init.
+    * ``"flat"``: ``1`` per level; every level's mean error counts alike.
+    * ``"normalized"``: ``w_i = L / m_i / sum_j (1 / m_j)`` with ``m_i = mean|P_i(ref)|`` of the reference
+      (teacher) pyramid, detached: each level's error is measured relative to the typical amplitude of that band,
+      in the spirit of the divisive per-band normalisation of NLPD (Laparra et al., "Perceptual image quality
+      assessment using a normalized Laplacian pyramid", 2016) here with one global amplitude per level. Natural
+      images' band amplitudes fall with frequency (1/f spectra) and the low-pass residual holds the mean
+      intensity, so this shifts weight to the detail bands, away from the low-pass level. The weights sum to
+      ``L`` (as ``flat``'s do), so the KD-to-GT balance stays that of ``flat`` and only the split over levels
+      differs; the sum also bounds each weight by ``L`` when a band is near zero.
+
+    Args:
+        weighting: one of :data:`LAP_WEIGHTINGS`.
+        levels: pyramid levels.
+        ref_pyramid: the reference pyramid (``"normalized"`` only; its amplitudes are taken without gradient).
+
+    Returns:
+        ``levels`` Python floats, or 0-d tensors for ``"normalized"``.
+
+    Raises:
+        ConfigError: an unknown ``weighting``, or ``"normalized"`` without ``ref_pyramid``.
+    """
+    check_lap_weighting(weighting)
+    if weighting == "authors":
+        return [2.0**i for i in range(levels)]
+    if weighting == "flat":
+        return [1.0] * levels
+    if ref_pyramid is None or len(ref_pyramid) != levels:
+        raise ConfigError(f"lap_weighting 'normalized' needs the {levels}-level reference pyramid (the teacher's)")
+    with torch.no_grad():
+        inv = torch.stack([1.0 / (band.abs().mean() + _NORM_EPS) for band in ref_pyramid])
+        w = inv * (levels / inv.sum())
+    return list(w.unbind())
+
+
+def _lap_of_diff(
+    d: torch.Tensor,
+    *,
+    levels: int,
+    reduction: Reduction,
+    weighting: LapWeighting = "authors",
+    ref: torch.Tensor | None = None,
+) -> torch.Tensor:
     red = torch.mean if reduction == "mean" else torch.sum
+    ref_pyr = laplacian_pyramid(ref.detach(), levels=levels) if weighting == "normalized" and ref is not None else None
+    weights = level_weights(weighting, levels, ref_pyramid=ref_pyr)
     total = d.new_zeros(())
-    for i, band in enumerate(laplacian_pyramid(d, levels=levels)):
-        # 2^i: coarser levels have 4x fewer pixels; the authors weight them up (mean-reduced, so 2x per level).
-        total = total + (2.0**i) * red(band.abs())
+    for w, band in zip(weights, laplacian_pyramid(d, levels=levels), strict=True):
+        # authors: 2^i, since coarser levels have 4x fewer pixels and the authors weight them up (mean-reduced, so
+        # 2x per level); the product is computed exactly as before, so results stay bit-identical.
+        total = total + w * red(band.abs())
     return total
 
 
-def laplacian_loss(x: torch.Tensor, y: torch.Tensor, *, levels: int = 5, reduction: Reduction = "mean") -> torch.Tensor:
-    """``Lap(x, y) = sum_i 2^i reduce|P_i(x) - P_i(y)|`` over ``levels`` pyramid levels (authors: mean, 5 levels).
+def laplacian_loss(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    levels: int = 5,
+    reduction: Reduction = "mean",
+    weighting: LapWeighting = "authors",
+) -> torch.Tensor:
+    """``Lap(x, y) = sum_i w_i reduce|P_i(x) - P_i(y)|`` over ``levels`` pyramid levels (authors: ``w_i = 2^i``,
+    mean, 5 levels); ``weighting`` picks ``w_i`` (:func:`level_weights`; ``"normalized"`` uses ``y``'s bands).
 
     Raises:
-        ConfigError: a side not divisible by ``2^(levels-1)``, or an unknown ``reduction``.
+        ConfigError: a side not divisible by ``2^(levels-1)``, or an unknown ``reduction`` or ``weighting``.
     """
     if reduction not in ("mean", "sum"):
         raise ConfigError(f"unknown reduction {reduction!r}; valid: mean, sum")
-    return _lap_of_diff(x - y, levels=levels, reduction=reduction)
+    check_lap_weighting(weighting)
+    return _lap_of_diff(x - y, levels=levels, reduction=reduction, weighting=weighting, ref=y)
 
 
 def high_freq(x: torch.Tensor) -> torch.Tensor:
@@ -197,11 +275,15 @@ def high_freq(x: torch.Tensor) -> torch.Tensor:
     return x - gaussian_blur(x)
 
 
-def multilap_loss(pred: torch.Tensor, target: torch.Tensor, *, levels: int = 5) -> torch.Tensor:
+def multilap_loss(
+    pred: torch.Tensor, target: torch.Tensor, *, levels: int = 5, weighting: LapWeighting = "authors"
+) -> torch.Tensor:
     """``MultiLap(p, t) = Lap(HF(p), HF(t)) + Lap(p, t)`` (the authors' ``MultiLapLoss``, weight 1)."""
+    check_lap_weighting(weighting)
     d = pred - target
-    return _lap_of_diff(high_freq(d), levels=levels, reduction="mean") + _lap_of_diff(
-        d, levels=levels, reduction="mean"
+    hf_ref = high_freq(target) if weighting == "normalized" else None
+    return _lap_of_diff(high_freq(d), levels=levels, reduction="mean", weighting=weighting, ref=hf_ref) + _lap_of_diff(
+        d, levels=levels, reduction="mean", weighting=weighting, ref=target
     )
 
 
@@ -212,7 +294,8 @@ def multilap_loss(pred: torch.Tensor, target: torch.Tensor, *, levels: int = 5) 
 class KDWeights:
     """Weights of :func:`kd_loss`: ``w_gt L_gt(S, GT) + w_lap Lap(S, T) + w_hf Lap(HF(S), HF(T))``.
 
-    Two published conventions (REFERENCE §1 stage 3):
+    ``lap_weighting`` picks the level weights of both Laplacian terms (:func:`level_weights`; the authors' ``2^i``
+    by default). Two published conventions (REFERENCE §1 stage 3):
 
     * :meth:`authors_code`: ``w_dis MultiLap(S, T) + w_gt L1(S, GT)`` with ``w_dis = 1``, ``w_gt = 0.1``
       -> ``w_lap = w_hf = 1``, ``w_gt = 0.1``. The default.
@@ -224,6 +307,7 @@ class KDWeights:
     w_lap: float = 1.0
     w_hf: float = 1.0
     gt_loss: GtLoss = "l1"
+    lap_weighting: LapWeighting = "authors"
 
     def __post_init__(self) -> None:
         for name in ("w_gt", "w_lap", "w_hf"):
@@ -234,6 +318,7 @@ class KDWeights:
             raise ConfigError("KDWeights are all zero, so nothing would be trained; set w_gt or w_lap/w_hf > 0")
         if self.gt_loss not in ("l1", "charbonnier"):
             raise ConfigError(f"unknown KDWeights.gt_loss {self.gt_loss!r}; valid: l1, charbonnier")
+        check_lap_weighting(self.lap_weighting, who="KDWeights.lap_weighting")
 
     @classmethod
     def authors_code(cls, *, w_dis: float = 1.0, w_gt: float = 0.1, gt_loss: GtLoss = "l1") -> KDWeights:
@@ -260,6 +345,7 @@ def kd_loss(
     w_hf: float,
     gt_loss: GtLoss = "l1",
     levels: int = 5,
+    lap_weighting: LapWeighting = "authors",
 ) -> dict[str, torch.Tensor]:
     """The distillation loss and its terms.
 
@@ -270,15 +356,18 @@ def kd_loss(
         w_gt, w_lap, w_hf: term weights (see :class:`KDWeights`); a zero weight skips its term's computation.
         gt_loss: ``"l1"`` or ``"charbonnier"`` for the GT term.
         levels: pyramid levels of the Laplacian terms.
+        lap_weighting: level weights of the Laplacian terms (:func:`level_weights`): ``"authors"`` (``2^i``),
+            ``"flat"`` or ``"normalized"`` (by the teacher's band amplitudes).
 
     Returns:
         ``{"total", "gt", "lap", "hf"}``: the weighted total and the unweighted terms (0-d tensors; skipped terms
         are zeros without grad).
 
     Raises:
-        ConfigError: ``teacher_out`` is None but ``w_lap``/``w_hf`` > 0, or the patch side is not divisible by
-            ``2^(levels-1)``.
+        ConfigError: ``teacher_out`` is None but ``w_lap``/``w_hf`` > 0, the patch side is not divisible by
+            ``2^(levels-1)``, or an unknown ``lap_weighting``.
     """
+    check_lap_weighting(lap_weighting)
     zero = student.new_zeros(())
     gt_term = _gt_loss(student, gt, gt_loss) if w_gt else zero
     lap_term = hf_term = zero
@@ -288,10 +377,13 @@ def kd_loss(
                 "kd_loss got no teacher output but w_lap/w_hf > 0; pass a teacher (or cached outputs) or set "
                 "w_lap = w_hf = 0"
             )
-        d = student - teacher_out.to(student.dtype)
+        t = teacher_out.to(student.dtype)
+        d = student - t
+        norm = lap_weighting == "normalized"  # only then are the teacher's own bands needed
+        kw: dict[str, Any] = {"levels": levels, "reduction": "mean", "weighting": lap_weighting}
         if w_lap:
-            lap_term = _lap_of_diff(d, levels=levels, reduction="mean")
+            lap_term = _lap_of_diff(d, ref=t if norm else None, **kw)
         if w_hf:
-            hf_term = _lap_of_diff(high_freq(d), levels=levels, reduction="mean")
+            hf_term = _lap_of_diff(high_freq(d), ref=high_freq(t) if norm else None, **kw)
     total = w_gt * gt_term + w_lap * lap_term + w_hf * hf_term
     return {"total": total, "gt": gt_term, "lap": lap_term, "hf": hf_term}

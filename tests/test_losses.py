@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from sr.errors import ConfigError
+from sr.kd_config import KDConfig
 from sr.losses import (
+    LAP_WEIGHTINGS,
     KDWeights,
     binomial_kernel,
     charbonnier_loss,
@@ -18,6 +20,7 @@ from sr.losses import (
     l1_loss,
     laplacian_loss,
     laplacian_pyramid,
+    level_weights,
     multilap_loss,
     reconstruct_pyramid,
 )
@@ -72,14 +75,14 @@ def _np_pyramid(img: np.ndarray, levels: int = 5) -> list[np.ndarray]:
     return [*pyr, cur]
 
 
-def _np_lap(a: np.ndarray, b: np.ndarray) -> float:
-    """a, b: C x H x W; per-channel pyramids, mean over all elements of each level."""
+def _np_lap(a: np.ndarray, b: np.ndarray, weights: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)) -> float:
+    """a, b: C x H x W; per-channel pyramids, mean over all elements of each level, times the level weight."""
     total = 0.0
     pa = [_np_pyramid(c) for c in a]
     pb = [_np_pyramid(c) for c in b]
     for i in range(5):
         diffs = np.stack([np.abs(pa[c][i] - pb[c][i]) for c in range(a.shape[0])])
-        total += 2.0**i * diffs.mean()
+        total += weights[i] * diffs.mean()
     return total
 
 
@@ -210,3 +213,111 @@ def test_kd_loss_presets_and_terms():
         KDWeights(w_gt=-1.0)
     with pytest.raises(ConfigError, match="all zero"):
         KDWeights(w_gt=0.0, w_lap=0.0, w_hf=0.0)
+
+
+# ------------------------------------------------------------------------------------------ level weighting
+
+
+def _smooth_pair() -> tuple[torch.Tensor, torch.Tensor]:
+    """Two deterministic 2 x 3 x 32 x 32 float64 images that do not depend on any RNG."""
+    n = torch.arange(2 * 3 * 32 * 32, dtype=torch.float64).reshape(2, 3, 32, 32)
+    return torch.sin(0.37 * n) * 0.5 + 0.5, torch.cos(0.11 * n) * 0.5 + 0.5
+
+
+def test_authors_weighting_is_the_default_and_unchanged():
+    x, y = _smooth_pair()
+    # Hard-coded from the formula sum_i 2^i mean|P_i(x) - P_i(y)| before level weighting became an option.
+    assert float(laplacian_loss(x, y)) == pytest.approx(1.0080954336318868, rel=1e-12)
+    assert float(laplacian_loss(x.float(), y.float())) == 1.008095383644104  # float32: bit-identical
+    assert float(laplacian_loss(x, y, weighting="authors")) == float(laplacian_loss(x, y))
+    # The loop as it was written before the option, in float32 (the training dtype): the same bits.
+    d = (x - y).float()
+    old = d.new_zeros(())
+    for i, band in enumerate(laplacian_pyramid(d)):
+        old = old + (2.0**i) * band.abs().mean()
+    assert torch.equal(laplacian_loss(x.float(), y.float()), old)
+    assert level_weights("authors", 5) == [1.0, 2.0, 4.0, 8.0, 16.0]
+    assert KDConfig(steps=1, hr_patch=32).lap_weighting == "authors"
+    assert KDWeights().lap_weighting == "authors"
+
+
+def test_flat_weighting_hand_computed():
+    # A constant difference c has zero band-pass levels (blur and EXPAND keep constants) and a low-pass level
+    # equal to c: authors = 16 |c|, flat = |c|.
+    x = torch.full((1, 3, 16, 16), 0.7, dtype=torch.float64)
+    y = torch.full((1, 3, 16, 16), 0.45, dtype=torch.float64)
+    assert float(laplacian_loss(x, y, weighting="flat")) == pytest.approx(0.25, rel=1e-12)
+    assert float(laplacian_loss(x, y)) == pytest.approx(16 * 0.25, rel=1e-12)
+    # A general pair: the numpy loop reference with weights 1 per level.
+    rng = np.random.default_rng(3)
+    a, b = rng.random((3, 16, 16)), rng.random((3, 16, 16))
+    want = _np_lap(a, b, weights=(1.0,) * 5)
+    got = float(laplacian_loss(torch.from_numpy(a)[None], torch.from_numpy(b)[None], weighting="flat"))
+    assert got == pytest.approx(want, rel=1e-10)
+    assert level_weights("flat", 5) == [1.0] * 5
+    ha = np.stack([c - _np_blur(c) for c in a])
+    hb = np.stack([c - _np_blur(c) for c in b])
+    got_ml = float(multilap_loss(torch.from_numpy(a)[None], torch.from_numpy(b)[None], weighting="flat"))
+    assert got_ml == pytest.approx(want + _np_lap(ha, hb, weights=(1.0,) * 5), rel=1e-10)
+
+
+def test_normalized_weighting_uses_teacher_band_amplitudes():
+    x, y = _smooth_pair()
+    pyr = laplacian_pyramid(y)
+    w = torch.stack(level_weights("normalized", 5, ref_pyramid=pyr))
+    amp = torch.stack([b.abs().mean() for b in pyr])
+    assert float(w.sum()) == pytest.approx(5.0, rel=1e-9)  # the total of flat's weights
+    assert torch.allclose(w * amp, (w * amp)[0].expand(5), rtol=1e-4)  # w_i ~ 1 / amplitude_i (up to the eps)
+    want = sum(float(wi) * float(b.abs().mean()) for wi, b in zip(w, laplacian_pyramid(x - y), strict=True))
+    assert float(laplacian_loss(x, y, weighting="normalized")) == pytest.approx(want, rel=1e-9)
+    # kd_loss normalizes by the teacher's bands (lap) and by HF(teacher)'s bands (hf); no gradient into them.
+    s = x.clone().requires_grad_(True)
+    t = y.clone().requires_grad_(True)
+    terms = kd_loss(s, t, y, w_gt=0.1, w_lap=1.0, w_hf=1.0, lap_weighting="normalized")
+    assert float(terms["lap"]) == pytest.approx(want, rel=1e-9)
+    assert float(terms["lap"] + terms["hf"]) == pytest.approx(
+        float(multilap_loss(x, y, weighting="normalized")), rel=1e-9
+    )
+    terms["total"].backward()
+    assert s.grad is not None and torch.isfinite(s.grad).all()
+    # Natural images hold most amplitude in the low-pass residual, so it gets the smallest weight.
+    assert int(torch.argmin(w)) == 4
+    with pytest.raises(ConfigError, match="reference pyramid"):
+        level_weights("normalized", 5)
+
+
+def _level_grad_shares(s: torch.Tensor, t: torch.Tensor, weighting: str) -> list[float]:
+    """Share of the gradient norm (w.r.t. the student output) of each level's term of Lap(s, t)."""
+    w = level_weights(weighting, 5, ref_pyramid=laplacian_pyramid(t))  # type: ignore[arg-type]
+    norms = []
+    for i in range(5):
+        x = s.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(w[i] * laplacian_pyramid(x - t)[i].abs().mean(), x)
+        norms.append(float(g.norm()))
+    return [n / sum(norms) for n in norms]
+
+
+def test_low_pass_level_carries_most_gradient_only_under_authors_weighting():
+    g = torch.Generator().manual_seed(0)
+    s = torch.rand(2, 3, 32, 32, generator=g, dtype=torch.float64)
+    t = torch.rand(2, 3, 32, 32, generator=g, dtype=torch.float64)
+    authors = _level_grad_shares(s, t, "authors")
+    flat = _level_grad_shares(s, t, "flat")
+    print(f"gradient share per level: authors {[round(x, 3) for x in authors]}, flat {[round(x, 3) for x in flat]}")
+    assert authors[4] > 0.5 and authors[4] == max(authors)
+    assert flat[4] < 0.5 and flat[4] < 0.5 * authors[4]
+    assert flat[0] > authors[0]  # the finest band gains
+
+
+def test_unknown_weighting_is_a_config_error():
+    x = torch.rand(1, 3, 16, 16)
+    with pytest.raises(ConfigError, match="lap_weighting"):
+        laplacian_loss(x, x, weighting="log")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="lap_weighting"):
+        kd_loss(x, x, x, w_gt=0.1, w_lap=1.0, w_hf=1.0, lap_weighting="log")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="KDWeights.lap_weighting"):
+        KDWeights(lap_weighting="log")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="KDConfig.lap_weighting"):
+        KDConfig(steps=1, hr_patch=32, lap_weighting="log")  # type: ignore[arg-type]
+    for weighting in LAP_WEIGHTINGS:
+        assert KDConfig(steps=1, hr_patch=32, lap_weighting=weighting).lap_weighting == weighting  # type: ignore[arg-type]
