@@ -189,7 +189,7 @@ def check_lap_weighting(weighting: str, *, who: str = "lap_weighting") -> None:
 
 def level_weights(
     weighting: LapWeighting, levels: int, *, ref_pyramid: Sequence[torch.Tensor] | None = None
-) -> list[float] | list[torch.Tensor]:
+) -> list[float | torch.Tensor]:
     """The per-level weights ``w_i`` of the Laplacian loss ``sum_i w_i mean|P_i(x) - P_i(y)|``.
 
     * ``"authors"``: ``2^i`` (the authors' code; REFERENCE §1 stage 3). Level ``i`` has ``4^i`` fewer pixels, so
