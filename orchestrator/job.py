@@ -32,7 +32,7 @@ from orchestrator._ray_connect import connect_ray
 from orchestrator.search import SearchPlan, make_tuner
 from orchestrator.tasks import ModelRef, TrackingRef, data_ref, prune_task, teacher_ref, trial_template
 from orchestrator.tracking import PARENT_TAG, STATUS_TAG, Tracker, check_reachable
-from orchestrator.trial_tracking import TrialStatusCallback, make_status_callback
+from orchestrator.trial_tracking import make_status_callback, search_interrupted, search_starts
 from orchestrator.workers import prune_worker, val_pairs
 from search_spaces import check_paths, clamp_to_space, job_space, load_job_spec, smallest_knobs
 from sr.allocate import allocate, allocate_arch
@@ -387,18 +387,17 @@ def _cache_step(job: _Job, teacher: ModelRef) -> None:
     job.save()
 
 
-def _search_step(job: _Job, teacher: ModelRef, *, resume: bool) -> tuple[SearchPlan, Any, TrialStatusCallback]:
-    """[J6] The Tune search (restored from the job's storage on ``--resume``); returns its plan, its results and
-    the status callback (which saw how the search ended)."""
+def _search_step(job: _Job, teacher: ModelRef, *, resume: bool) -> tuple[SearchPlan, Any]:
+    """[J6] The Tune search (restored from the job's storage on ``--resume``); returns its plan and results."""
     plan = plan_search(job.spec, teacher=teacher, state=job.state, tracking=job.tracking, out=job.out)
-    status = make_status_callback(plan)
-    tuner, restored = make_tuner(plan, callbacks=[status], resume=resume)
+    tuner, restored = make_tuner(plan, callbacks=[make_status_callback(plan)], resume=resume)
     print(
         f"[srcompress] search: {plan.num_samples} trials of {plan.student_arch} ({plan.algorithm}"
         f"{', restored' if restored else ''}); budget {plan.budget}",
         flush=True,
     )
-    return plan, tuner.fit(), status
+    search_starts(plan)
+    return plan, tuner.fit()
 
 
 class JobInterrupted(KeyboardInterrupt):
@@ -451,8 +450,8 @@ def run_job(
         _prune_step(job, teacher)  # [J3]
         _allocate_step(job, teacher)  # [J4]
         _cache_step(job, teacher)  # [J5]
-        plan, results, status = _search_step(job, teacher, resume=resume)  # [J6]
-        if status.interrupted(plan.num_samples):  # Tune caught the Ctrl-C itself and returned early
+        plan, results = _search_step(job, teacher, resume=resume)  # [J6]
+        if search_interrupted(plan):  # Tune caught the Ctrl-C itself and returned early
             raise KeyboardInterrupt
         summary = finish(spec, plan, tracker, job.exp_id, job.parent, results, out)  # [J7]
     except KeyboardInterrupt:

@@ -404,11 +404,13 @@ def max_concurrent(plan: SearchPlan, cluster: Mapping[str, float]) -> int:
 
 def make_tuner(plan: SearchPlan, *, callbacks: list | None = None, resume: bool = False) -> tuple[tune.Tuner, bool]:
     """[T1] The Tuner (fresh, or restored from the job's storage with its searcher state) and whether it was
-    restored. Each trial runs ``run_trial`` [T2] holding ``trial_resources``."""
+    restored. Each trial runs ``run_trial`` [T2] holding ``trial_resources``. A restored search continues its
+    unfinished trials and retries its failed ones from their last checkpoint (``resume_errored``; the trial's
+    MLflow run is reused, see ``trial_tracking.FINISHED``)."""
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), trial_resources(plan))
     exp_dir = plan.tune_dir / plan.name
     if resume and tune.Tuner.can_restore(str(exp_dir)):
-        return tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, restart_errored=True), True
+        return tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=True), True
     return tune.Tuner(trainable, tune_config=_tune_config(plan), run_config=_run_config(plan, callbacks)), False
 
 

@@ -165,6 +165,28 @@ def record_answered_draw(
     tracker.log_metrics(parent, {f"draws_answered_{k}": v for k, v in answered.items()})
 
 
+# What the search loop of each search (by name; a driver runs one at a time) saw last, written by its TrialStatusCallback. Kept
+# here, not on the callback: a restored Tuner runs the callback it unpickles from its saved state, not the one
+# ``make_status_callback`` made for the resumed driver.
+_LOOPS: dict[str, dict[str, Any]] = {}
+
+
+def _loop_key(plan: Any) -> str:
+    return str(plan.name)  # not the storage path: a restored callback keeps the path the search started with
+
+
+def search_starts(plan: Any) -> None:
+    """Forget what an earlier search loop of ``plan`` saw (call before ``Tuner.fit``)."""
+    _LOOPS[_loop_key(plan)] = {"statuses": [], "stepped": False}
+
+
+def search_interrupted(plan: Any) -> bool:
+    """Whether ``plan``'s search loop ended before every trial did (Tune caught a Ctrl-C / SIGINT and returned
+    early): a trial still pending, running or paused at its last step, or fewer than ``num_samples`` trials."""
+    statuses = _LOOPS.get(_loop_key(plan), {}).get("statuses", [])
+    return any(s not in ("TERMINATED", "ERROR") for s in statuses) or len(statuses) < plan.num_samples
+
+
 class TrialStatusCallback(Callback):
     """A Tune Callback on the driver that closes runs Tune ended itself (ASHA stop -> stopped-early, error ->
     failed), keeping the trial's last metrics, and prints one progress line per finished trial."""
@@ -172,24 +194,16 @@ class TrialStatusCallback(Callback):
     def __init__(self, plan: Any) -> None:
         self.plan = plan
         self.counts = {s: 0 for s in TERMINAL}
-        self.last_statuses: list[str] = []  # every trial's Tune status at the end of the search loop's last step
-        self._stepped = False
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         # Snapshotted on every step because Tune, when Ctrl-C ends its loop, stops the live trials as TERMINATED
         # before the last callback (``on_experiment_end``) runs; the state it saved still has them unfinished.
-        self.last_statuses = [t.status for t in trials]
-        self._stepped = True
+        _LOOPS[_loop_key(self.plan)] = {"statuses": [t.status for t in trials], "stepped": True}
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        if not self._stepped:  # a restored search with nothing left to run ends without a single step
-            self.last_statuses = [t.status for t in trials]
-
-    def interrupted(self, num_samples: int) -> bool:
-        """Whether the search loop ended before every trial did (Tune caught a Ctrl-C / SIGINT and returned):
-        a trial still pending, running or paused, or fewer trials than ``num_samples`` drawn."""
-        unfinished = [s for s in self.last_statuses if s not in ("TERMINATED", "ERROR")]
-        return bool(unfinished) or len(self.last_statuses) < num_samples
+        loop = _LOOPS.setdefault(_loop_key(self.plan), {"statuses": [], "stepped": False})
+        if not loop["stepped"]:  # a restored search with nothing left to run ends without a single step
+            loop["statuses"] = [t.status for t in trials]
 
     def _close(self, trial: Any, status: str) -> None:
         plan = self.plan

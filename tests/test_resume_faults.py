@@ -8,6 +8,7 @@ MLflow child run per trial id, and one registered model version per Pareto run.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -281,18 +282,21 @@ def test_failed_trial_exits_3_and_resume_retries_it_from_its_checkpoint(ray_loca
 
 
 def _kill_one_trial(tune_dir: Path, killed: list[int], timeout_s: float = 180) -> None:
-    """SIGKILL one trial process of this test's Ray (a descendant of this process) once a trial has 2
-    checkpoints."""
+    """SIGKILL the process of the first trial whose second checkpoint the driver has recorded (its ``result.json``
+    holds 2 results; each carries the trial process's pid), checking it is a process of this test's Ray."""
     end = time.time() + timeout_s
+    ours = {p.pid for p in psutil.Process().children(recursive=True)}
     while time.time() < end and not killed:
-        if tune_dir.exists() and any(len(list(d.glob("checkpoint_*"))) >= 2 for d in tune_dir.glob("*/*")):
-            for proc in psutil.Process().children(recursive=True):
-                with contextlib.suppress(psutil.Error):
-                    if "ImplicitFunc" in " ".join(proc.cmdline()):
-                        proc.kill()
-                        killed.append(proc.pid)
-                        return
-        time.sleep(0.2)
+        for results in tune_dir.glob("*/*/result.json") if tune_dir.exists() else []:
+            lines = results.read_text().splitlines()
+            if len(lines) >= 2:
+                pid = int(json.loads(lines[-1])["pid"])
+                ours |= {p.pid for p in psutil.Process().children(recursive=True)}
+                assert pid in ours, f"trial pid {pid} is not a process of this test"
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                return
+        time.sleep(0.1)
 
 
 # ---------------------------------------------------------------------------------------------------- item 11
