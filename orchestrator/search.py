@@ -59,6 +59,19 @@ from sr.reparam import fold
 
 log = logging.getLogger(__name__)
 
+
+class _TuneRestoreHint(logging.Filter):
+    """Drops Tune's own end-of-run advice ("Resume experiment with: Tuner.restore(...)", "Trials did not
+    complete"): ``srcompress run`` says instead how many trials failed or that it was interrupted, and that
+    ``srcompress run JOB --resume`` continues (Tuner.restore is not a command a user can run)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.msg)
+        return not text.startswith(("Experiment has been interrupted", "Trials did not complete"))
+
+
+logging.getLogger("ray.tune.tune").addFilter(_TuneRestoreHint())
+
 INFEASIBLE_PSNR = 0.0  # objective value reported for configurations that were never trained
 
 

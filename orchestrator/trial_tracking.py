@@ -165,9 +165,9 @@ def record_answered_draw(
     tracker.log_metrics(parent, {f"draws_answered_{k}": v for k, v in answered.items()})
 
 
-# What the search loop of each search (by name; a driver runs one at a time) saw last, written by its TrialStatusCallback. Kept
-# here, not on the callback: a restored Tuner runs the callback it unpickles from its saved state, not the one
-# ``make_status_callback`` made for the resumed driver.
+# What the search loop of each search (by name; a driver runs one at a time) saw last, written by its
+# TrialStatusCallback. Kept here, not on the callback: a restored Tuner runs the callback it unpickles from its
+# saved state, not the one ``make_status_callback`` made for the resumed driver.
 _LOOPS: dict[str, dict[str, Any]] = {}
 
 

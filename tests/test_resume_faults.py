@@ -182,6 +182,8 @@ def test_kill_ctrl_c_changed_spec_and_finished_resume_keep_exactly_n_trials(tiny
     print(f"Ctrl-C: exit {rc}; last line: {log_b.strip().splitlines()[-1]}")
     assert rc == 130, log_b[-3000:]
     assert "--resume" in log_b.strip().splitlines()[-1] and "Traceback" not in log_b
+    assert "Tuner.restore" not in log_b  # Tune's advice (not a command a user can run) is left out
+    assert "Error handling checkpoint" not in log_b  # this run resumed the SIGKILLed one
     assert "internal error" not in log_b and "done in" not in log_b  # no summary of a search that did not end
     client = MlflowClient(_uri(storage))
     parent = client.get_run(_trials(storage)["parent_run_id"].iloc[0])
