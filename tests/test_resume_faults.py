@@ -411,3 +411,38 @@ def test_three_processes_open_one_new_store_at_once(tmp_path):
     exp = client.get_experiment_by_name("race")
     assert len(client.search_runs([exp.experiment_id])) == 3
     print("3 processes created one new store at once: 3 runs in one experiment, no process failed")
+
+
+# ------------------------------------------------------------------------------------------ item 9 (summary)
+def test_summary_prints_missing_values_as_dashes(capsys):
+    """A trial without metrics (nullable Int64 / Float64 NA, as ``query_trials`` types them) prints as "-"; it
+    crashed with "boolean value of NA is ambiguous" before."""
+    import pandas as pd
+
+    from orchestrator.cli.core import print_summary
+
+    trials = pd.DataFrame(
+        {
+            "run_id": ["a", "b"],
+            "run_name": ["edsr_C8L1B1_x2_kd_1", "edsr_C8L1B2_x2_kd_2"],
+            "status": ["completed", "interrupted"],
+            "paper_rule": pd.array([False, pd.NA], dtype="boolean"),
+            "psnr_y": pd.array([30.5, pd.NA], dtype="Float64"),
+            "ssim_y": pd.array([0.9, pd.NA], dtype="Float64"),
+            "params": pd.array([5000, pd.NA], dtype="Int64"),
+            "macs_720p": pd.array([1_000_000_000, pd.NA], dtype="Int64"),
+        }
+    )
+    print_summary({"counts": {"completed": 1, "interrupted": 1}, "front": trials.head(1), "trials": trials})
+    out = capsys.readouterr().out
+    assert "30.500" in out and "5,000" in out and "edsr_C8L1B2_x2_kd_2" in out
+    row = next(line for line in out.splitlines() if "edsr_C8L1B2_x2_kd_2" in line)
+    assert row.count(" - ") >= 4  # PSNR, SSIM, params, MACs
+
+
+def test_run_help_says_what_allow_changed_spec_does_and_the_exit_codes(capsys):
+    with contextlib.suppress(SystemExit):
+        rc = main(["run", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert rc == 0 and "--allow-changed-spec" in out and "resources.*" in out and "failure.*" in out
+    assert "3 the search ended with failed trials" in out and "130 interrupted" in out
