@@ -263,14 +263,22 @@ def _checked_spec(spec_path: str | Path) -> Any:
 
 
 def _open_state(
-    spec: Any, spec_path: str | Path, out: Path, *, resume: bool, uri: str, allow_changed_spec: bool = False
+    spec: Any,
+    spec_path: str | Path,
+    out: Path,
+    *,
+    resume: bool,
+    uri: str | None = None,
+    allow_changed_spec: bool = False,
 ) -> JobState:
     """The job's state: fresh, or the recorded one on ``--resume``; a fresh job never overwrites another.
 
     A resumed job must log where it started (same experiment, same tracking URI: else its trials would be split
     and the finished ones retrained) and run the spec it started with (else trials before and after the resume
     would mix settings on one front): a change is refused with what changed, unless ``allow_changed_spec``.
-    Nothing is written here: the job's folder appears once Ray is connected (``_Job.save``)."""
+    Nothing is written here: the job's folder appears once Ray is connected (``_Job.save``). ``uri`` is the
+    tracking URI the job logs to (default: the spec's)."""
+    uri = uri or spec.tracking_uri
     state_path = out / "job_state.json"
     state = JobState.load(state_path) if resume else JobState()
     if not resume and state_path.exists():

@@ -200,6 +200,7 @@ def test_kill_ctrl_c_changed_spec_and_finished_resume_keep_exactly_n_trials(tiny
     assert client.get_run(df["parent_run_id"].iloc[0]).data.tags["srcompress.status"] == "completed"
     versions = _versions(storage)
     assert versions, "the front was not registered"
+    assert all(v.tags.get("srcompress.run_id") == v.run_id for v in versions)  # each version names its run
     print(f"after resume: {len(df)} trials {df['status'].value_counts().to_dict()}, {len(versions)} model versions")
 
     # -- item 6: another experiment name is refused before anything runs ------------------------------------------
