@@ -70,7 +70,26 @@ class _TuneRestoreHint(logging.Filter):
         return not text.startswith(("Experiment has been interrupted", "Trials did not complete"))
 
 
+class _DeletedCheckpointNoise(logging.Filter):
+    """Drops Tune's "Error handling checkpoint" traceback when its cause is a checkpoint that is already deleted.
+
+    Why it happens, and why it is benign: Tune keeps ``num_to_keep=2`` checkpoints per trial and deletes older ones
+    as new ones arrive, but snapshots its experiment state only every few seconds. A driver killed between a
+    deletion and the next snapshot leaves a state that still lists the deleted checkpoint; on ``--resume`` the
+    restored trial trains on from its latest (existing) checkpoint, and when Tune later deletes the listed one
+    it finds nothing and logs ``FileNotFoundError`` with a traceback. Its bookkeeping is already updated by then
+    (``register_checkpoint`` updates its list before deleting), so nothing is lost. Any other error is kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if str(record.msg).startswith("Trial %s: Error handling checkpoint") and isinstance(exc, FileNotFoundError):
+            log.debug("a checkpoint Tune meant to delete was already gone: %s", exc)
+            return False
+        return True
+
+
 logging.getLogger("ray.tune.tune").addFilter(_TuneRestoreHint())
+logging.getLogger("ray.tune.execution.tune_controller").addFilter(_DeletedCheckpointNoise())
 
 INFEASIBLE_PSNR = 0.0  # objective value reported for configurations that were never trained
 
