@@ -29,6 +29,11 @@ def open_parent_run(tracker: Tracker, spec: Any, state: JobState, *, out: Path) 
         tracker.log_params(state.parent_run_id, spec.to_flat_dict())
         if spec.source:
             tracker.log_artifact(state.parent_run_id, spec.source, "job")
+    else:
+        # A resumed job (after Ctrl-C, a kill or failed trials): its parent run is running again.
+        parent = state.parent_run_id
+        tracker.set_tags(parent, {STATUS_TAG: "running"})
+        tracker._call("reopen the parent run", lambda: tracker.client.update_run(parent, status="RUNNING"))
     state.experiment_id = exp_id
     return exp_id
 

@@ -26,14 +26,14 @@ import torch
 from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from orchestrator._job_state import JobState
+from orchestrator._job_state import JobState, spec_diff
 from orchestrator._job_tracking import finish, log_reference_runs, log_stage_run, open_parent_run
 from orchestrator._preflight import preflight, undo_new_dirs
 from orchestrator._ray_connect import connect_ray
 from orchestrator.search import SearchPlan, make_tuner
 from orchestrator.tasks import ModelRef, TrackingRef, data_ref, prune_task, teacher_ref, trial_template
-from orchestrator.tracking import STATUS_TAG, Tracker, check_reachable
-from orchestrator.trial_tracking import make_status_callback
+from orchestrator.tracking import PARENT_TAG, STATUS_TAG, Tracker, check_reachable
+from orchestrator.trial_tracking import make_status_callback, search_interrupted, search_starts
 from orchestrator.workers import prune_worker, val_pairs
 from search_spaces import check_paths, clamp_to_space, job_space, load_job_spec, smallest_knobs
 from sr.allocate import allocate, allocate_arch
@@ -266,8 +266,23 @@ def _checked_spec(spec_path: str | Path) -> Any:
     return spec
 
 
-def _open_state(spec: Any, spec_path: str | Path, out: Path, *, resume: bool) -> JobState:
-    """The job's state: fresh, or the recorded one on ``--resume``; a fresh job never overwrites another."""
+def _open_state(
+    spec: Any,
+    spec_path: str | Path,
+    out: Path,
+    *,
+    resume: bool,
+    uri: str | None = None,
+    allow_changed_spec: bool = False,
+) -> JobState:
+    """The job's state: fresh, or the recorded one on ``--resume``; a fresh job never overwrites another.
+
+    A resumed job must log where it started (same experiment, same tracking URI: else its trials would be split
+    and the finished ones retrained) and run the spec it started with (else trials before and after the resume
+    would mix settings on one front): a change is refused with what changed, unless ``allow_changed_spec``.
+    Nothing is written here: the job's folder appears once Ray is connected (``_Job.save``). ``uri`` is the
+    tracking URI the job logs to (default: the spec's)."""
+    uri = uri or spec.tracking_uri
     state_path = out / "job_state.json"
     state = JobState.load(state_path) if resume else JobState()
     if not resume and state_path.exists():
@@ -275,11 +290,41 @@ def _open_state(spec: Any, spec_path: str | Path, out: Path, *, resume: bool) ->
             f"{out} already holds a job named {spec.name!r}; rerun with --resume to continue it, "
             "or change name/storage.path for a new one"
         )
-    if resume and state.spec_hash and state.spec_hash != spec.spec_hash():
-        print(f"[srcompress] warning: {spec_path} changed since the job started; resuming anyway", flush=True)
+    if resume:
+        _check_same_tracking(spec, state, uri)
+        _check_same_spec(spec, spec_path, state, allow_changed_spec=allow_changed_spec)
     state.spec_hash = spec.spec_hash()
-    out.mkdir(parents=True, exist_ok=True)
+    state.spec_flat = spec.to_flat_dict()
+    state.experiment_name, state.tracking_uri = spec.experiment_name, uri
     return state
+
+
+def _check_same_tracking(spec: Any, state: JobState, uri: str) -> None:
+    """Refuse to resume a job into another MLflow experiment or store than the one its runs are in."""
+    if state.experiment_name is not None and state.experiment_name != spec.experiment_name:
+        raise UserError(
+            f"job {spec.name!r} logs to MLflow experiment {state.experiment_name!r} but the spec now says "
+            f"{spec.experiment_name!r}; set tracking.experiment back to {state.experiment_name!r} to resume it, "
+            "or start a new job (another name) for the new experiment"
+        )
+    if state.tracking_uri is not None and state.tracking_uri != uri:
+        raise UserError(
+            f"job {spec.name!r} logs to MLflow at {state.tracking_uri} but this run would log to {uri}; resume "
+            f"with --tracking-uri {state.tracking_uri} (or that tracking.uri), or start a new job (another name)"
+        )
+
+
+def _check_same_spec(spec: Any, spec_path: str | Path, state: JobState, *, allow_changed_spec: bool) -> None:
+    """Refuse (or, when allowed, announce) a spec that changed since the job started, naming what changed."""
+    if not state.spec_hash or state.spec_hash == spec.spec_hash():
+        return
+    diff = spec_diff(state.spec_flat, spec.to_flat_dict()) if state.spec_flat is not None else "(not recorded)"
+    if not allow_changed_spec:
+        raise UserError(
+            f"{spec_path} changed since job {spec.name!r} started: {diff}; undo the change to resume, start a new "
+            "job (another name), or pass --allow-changed-spec to resume with it (see srcompress run --help)"
+        )
+    print(f"[srcompress] warning: resuming with a changed spec (--allow-changed-spec): {diff}", flush=True)
 
 
 def _teacher_step(job: _Job) -> ModelRef:
@@ -363,7 +408,25 @@ def _search_step(job: _Job, teacher: ModelRef, *, resume: bool) -> tuple[SearchP
         f"{', restored' if restored else ''}); budget {plan.budget}",
         flush=True,
     )
+    search_starts(plan)
     return plan, tuner.fit()
+
+
+class JobInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the job: its parent run is marked interrupted and ``--resume`` continues it."""
+
+
+def _interrupted(job: _Job) -> JobInterrupted:
+    """Record an interrupted job in MLflow (the parent run and its unfinished trials: status tag ``interrupted``,
+    MLflow status KILLED) and return the exception that tells the caller."""
+    tracker = job.tracker
+    for run in tracker.find_runs(job.exp_id, f"tags.`{PARENT_TAG}` = '{job.parent}'"):
+        if run.data.tags.get(STATUS_TAG) == "running":  # a trial Tune stopped mid-training; --resume retrains it
+            tracker.set_tags(run.info.run_id, {STATUS_TAG: "interrupted"})
+            tracker.end_run(run.info.run_id, "KILLED")
+    tracker.set_tags(job.parent, {STATUS_TAG: "interrupted"})
+    tracker.end_run(job.parent, "KILLED")
+    return JobInterrupted(f"job {job.spec.name!r} interrupted; its state is saved")
 
 
 def run_job(
@@ -374,30 +437,42 @@ def run_job(
     tracking_uri: str | None = None,
     num_cpus: int | None = None,
     verbose: bool = False,
+    allow_changed_spec: bool = False,
 ) -> dict[str, Any]:
-    """Run a whole job; returns a summary (counts, density, allocation, Pareto rows)."""
+    """Run a whole job; returns a summary (counts, density, allocation, Pareto rows; ``failed``: trials that
+    ended in error, which ``--resume`` retries from their last checkpoint).
+
+    Raises:
+        UserError: a bad spec, or a ``--resume`` whose spec/experiment/store differ from the job's.
+        JobInterrupted: Ctrl-C; the job is recorded as interrupted and ``--resume`` continues it.
+    """
     t_start = time.time()
     spec = _checked_spec(spec_path)
     uri = tracking_uri or spec.tracking_uri
     check_reachable(uri)
     out = Path(spec.storage.path).resolve() / spec.name
     with undo_new_dirs(out):  # a start that fails here leaves no empty job folder behind
-        state = _open_state(spec, spec_path, out, resume=resume)
+        state = _open_state(spec, spec_path, out, resume=resume, uri=uri, allow_changed_spec=allow_changed_spec)
         connect_ray(address, num_cpus=num_cpus, verbose=verbose)  # [J1]
     tracker = Tracker(uri)
     job = _Job(spec, out, state, tracker, open_parent_run(tracker, spec, state, out=out))
     job.save()
 
-    teacher = _teacher_step(job)  # [J2]
-    _prune_step(job, teacher)  # [J3]
-    _allocate_step(job, teacher)  # [J4]
-    _cache_step(job, teacher)  # [J5]
-    plan, results = _search_step(job, teacher, resume=resume)  # [J6]
-
-    summary = finish(spec, plan, tracker, job.exp_id, job.parent, results, out)  # [J7]
+    try:
+        teacher = _teacher_step(job)  # [J2]
+        _prune_step(job, teacher)  # [J3]
+        _allocate_step(job, teacher)  # [J4]
+        _cache_step(job, teacher)  # [J5]
+        plan, results = _search_step(job, teacher, resume=resume)  # [J6]
+        if search_interrupted(plan):  # Tune caught the Ctrl-C itself and returned early
+            raise KeyboardInterrupt
+        summary = finish(spec, plan, tracker, job.exp_id, job.parent, results, out)  # [J7]
+    except KeyboardInterrupt:
+        raise _interrupted(job) from None
     summary.update(density=state.density, allocation=state.allocation, seconds=time.time() - t_start)
-    tracker.set_tags(job.parent, {STATUS_TAG: "completed"})
-    tracker.end_run(job.parent)
+    summary["failed"] = int(summary["counts"].get("failed", 0))
+    tracker.set_tags(job.parent, {STATUS_TAG: "completed" if not summary["failed"] else "failed-trials"})
+    tracker.end_run(job.parent, "FINISHED" if not summary["failed"] else "FAILED")
     return summary
 
 
@@ -427,4 +502,13 @@ def paper_allocation(spec: Any, teacher: ModelRef, density: float) -> dict[str, 
     return {"base_arch": teacher.arch, "C": alloc.C, "L": alloc.L, "B": alloc.B, "density": density}
 
 
-__all__ = ["JobState", "connect_ray", "finish", "paper_allocation", "plan_search", "resolve_teacher", "run_job"]
+__all__ = [
+    "JobInterrupted",
+    "JobState",
+    "connect_ray",
+    "finish",
+    "paper_allocation",
+    "plan_search",
+    "resolve_teacher",
+    "run_job",
+]

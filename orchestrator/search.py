@@ -61,6 +61,38 @@ from sr.reparam import fold
 
 log = logging.getLogger(__name__)
 
+
+class _TuneRestoreHint(logging.Filter):
+    """Drops Tune's own end-of-run advice ("Resume experiment with: Tuner.restore(...)", "Trials did not
+    complete"): ``srcompress run`` says instead how many trials failed or that it was interrupted, and that
+    ``srcompress run JOB --resume`` continues (Tuner.restore is not a command a user can run)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.msg)
+        return not text.startswith(("Experiment has been interrupted", "Trials did not complete"))
+
+
+class _DeletedCheckpointNoise(logging.Filter):
+    """Drops Tune's "Error handling checkpoint" traceback when its cause is a checkpoint that is already deleted.
+
+    Why it happens, and why it is benign: Tune keeps ``num_to_keep=2`` checkpoints per trial and deletes older ones
+    as new ones arrive, but snapshots its experiment state only every few seconds. A driver killed between a
+    deletion and the next snapshot leaves a state that still lists the deleted checkpoint; on ``--resume`` the
+    restored trial trains on from its latest (existing) checkpoint, and when Tune later deletes the listed one
+    it finds nothing and logs ``FileNotFoundError`` with a traceback. Its bookkeeping is already updated by then
+    (``register_checkpoint`` updates its list before deleting), so nothing is lost. Any other error is kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if str(record.msg).startswith("Trial %s: Error handling checkpoint") and isinstance(exc, FileNotFoundError):
+            log.debug("a checkpoint Tune meant to delete was already gone: %s", exc)
+            return False
+        return True
+
+
+logging.getLogger("ray.tune.tune").addFilter(_TuneRestoreHint())
+logging.getLogger("ray.tune.execution.tune_controller").addFilter(_DeletedCheckpointNoise())
+
 INFEASIBLE_PSNR = 0.0  # objective value reported for configurations that were never trained
 
 
@@ -408,7 +440,9 @@ def make_tuner(
     plan: SearchPlan, *, callbacks: list | None = None, resume: bool = False, state: JobState | None = None
 ) -> tuple[tune.Tuner, bool]:
     """[T1] The Tuner (fresh, or restored from the job's storage with its searcher state) and whether it was
-    restored. Each trial runs ``run_trial`` [T2] holding ``trial_resources``.
+    restored. Each trial runs ``run_trial`` [T2] holding ``trial_resources``. A restored search continues its
+    unfinished trials and retries its failed ones from their last checkpoint (``resume_errored``; the trial's
+    MLflow run is reused, see ``trial_tracking.FINISHED``).
 
     Tune's state is pickles: a restore first checks each file against the digests this job recorded in
     ``job_state.json`` (``state``, the running job's own, or the file) and refuses one it did not write
@@ -420,7 +454,7 @@ def make_tuner(
     callbacks = [*(callbacks or []), sd.StateDigestCallback(plan.name, state_path)]
     if resume and tune.Tuner.can_restore(str(exp_dir)):
         sd.check_tune_state(exp_dir, state_path)  # before Tuner.restore unpickles tuner.pkl
-        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, restart_errored=True)
+        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
         local = getattr(tuner, "_local_tuner", None)  # None under Ray Client, where the Tuner lives on the head
         if local is not None:
             # The restored RunConfig holds the callbacks unpickled from tuner.pkl (made by the first run, with its

@@ -105,37 +105,42 @@ def _is_transient(exc: Exception) -> bool:
 _INITIALISED: set[str] = set()
 
 
-def _init_sqlite_store(client: Any, uri: str) -> None:
-    """Create/migrate a sqlite store's schema under an exclusive file lock, once per process.
+def _open_client(uri: str) -> Any:
+    """An ``MlflowClient`` for ``uri``; a sqlite store's schema is created/migrated under an exclusive file lock,
+    once per process.
 
-    MLflow creates and migrates the schema on a process's first call; two processes doing it at once on a new
-    database (the job's driver starting while ``srcompress pareto`` / ``ui`` or a worker opens the same file)
-    can break one of them mid-migration. The lock serialises that first call across processes."""
+    MLflow creates and migrates a sqlite schema when a process first opens the store, which ``MlflowClient``'s
+    constructor already does. Two processes doing it at once on a new database (the job's driver starting while
+    ``srcompress pareto`` / ``ui``, a poller or a worker opens the same file) break one of them mid-migration
+    ("table ... already exists", "Online migration expected to match one row"). The lock serialises that first
+    opening, the constructor included, across processes: the first one creates the schema, the others find it."""
+    from mlflow.tracking import MlflowClient  # deferred: mlflow is heavy (see _MLFLOW_DEFERRED)
+
     if not uri.startswith("sqlite:///") or uri in _INITIALISED:
-        return
+        return MlflowClient(tracking_uri=uri)
     db = Path(uri[len("sqlite:///") :])
     db.parent.mkdir(parents=True, exist_ok=True)
+
+    def first_open() -> Any:
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)  # the tracking store's tables
+        client.search_registered_models(max_results=1)  # and the model registry's (same file)
+        return client
+
     with open(db.with_name(db.name + ".init.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        _retry(
-            lambda: client.search_experiments(max_results=1),
-            what="open the tracking store",
-            uri=uri,
-            deadline_s=60.0,
-        )
+        client = _retry(first_open, what="open the tracking store", uri=uri, deadline_s=60.0)
     _INITIALISED.add(uri)
+    return client
 
 
 class Tracker:
     """A thin, retrying wrapper over ``MlflowClient`` for the calls srcompress makes."""
 
     def __init__(self, uri: str, *, deadline_s: float = 120.0) -> None:
-        from mlflow.tracking import MlflowClient  # deferred: mlflow is heavy (see _MLFLOW_DEFERRED)
-
         self.uri = uri
         self.deadline_s = deadline_s
-        self.client = MlflowClient(tracking_uri=uri)
-        _init_sqlite_store(self.client, uri)
+        self.client = _open_client(uri)
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         return _retry(fn, what=what, uri=self.uri, deadline_s=self.deadline_s)
@@ -143,6 +148,7 @@ class Tracker:
     # -- experiments and runs ----------------------------------------------------------------------------------
     def experiment_id(self, name: str, *, artifact_location: str | None = None) -> str:
         """Id of experiment ``name``, created (with ``artifact_location``) when it does not exist yet."""
+        from mlflow.exceptions import MlflowException  # deferred: mlflow is heavy (see _MLFLOW_DEFERRED)
 
         def get_or_create() -> str:
             exp = self.client.get_experiment_by_name(name)
@@ -150,7 +156,13 @@ class Tracker:
                 if exp.lifecycle_stage == "deleted":
                     self.client.restore_experiment(exp.experiment_id)
                 return exp.experiment_id
-            return self.client.create_experiment(name, artifact_location=artifact_location)
+            try:
+                return self.client.create_experiment(name, artifact_location=artifact_location)
+            except MlflowException as exc:  # another process created it since: use theirs
+                again = self.client.get_experiment_by_name(name)
+                if getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS" or again is None:
+                    raise
+                return again.experiment_id
 
         return self._call(f"open experiment {name!r}", get_or_create)
 

@@ -21,7 +21,11 @@ from sr.models import family_of
 log = logging.getLogger(__name__)
 
 TRIAL_ID_TAG = "srcompress.trial_id"
-TERMINAL = ("completed", "stopped-early", "infeasible", "failed")
+# A trial whose run holds one of these is done for good: a restored search reports its recorded result instead
+# of training it again. A "failed" (or "interrupted") run is not: ``--resume`` restarts its trial (Tune's
+# ``restart_errored``) from its last checkpoint, in the same run.
+FINISHED = ("completed", "stopped-early", "infeasible")
+TERMINAL = (*FINISHED, "failed")  # what the driver's callback counts
 
 
 def _tracker(plan: Any) -> Tracker | None:
@@ -61,7 +65,11 @@ def open_trial_run(
     existing = find_trial_run(tracker, exp, parent, trial_id)
     if existing is not None:
         if _same_knobs(existing, knobs):
-            return existing.info.run_id
+            run_id = existing.info.run_id
+            if existing.data.tags.get(STATUS_TAG) not in FINISHED:  # a retried failed / interrupted trial
+                tracker.set_tags(run_id, {STATUS_TAG: "running"})
+                tracker._call("reopen run", lambda: tracker.client.update_run(run_id, status="RUNNING"))
+            return run_id
         # The same draw number with another configuration (a resumed search drew differently): free the key;
         # a finished run keeps its status and metrics, an unfinished one is recorded as interrupted.
         tags = {TRIAL_ID_TAG: f"{trial_id}_superseded_{existing.info.run_id[:8]}"}
@@ -100,7 +108,7 @@ def finished_trial_metrics(plan: Any, trial_id: str, knobs: Mapping[str, Any] | 
     if tracker is None:
         return None
     run = find_trial_run(tracker, plan.tracking["experiment_id"], plan.tracking["parent_run_id"], trial_id)
-    if run is None or run.data.tags.get(STATUS_TAG) not in TERMINAL:
+    if run is None or run.data.tags.get(STATUS_TAG) not in FINISHED:
         return None
     if knobs is not None and not _same_knobs(run, knobs):
         return None
@@ -157,6 +165,28 @@ def record_answered_draw(
     tracker.log_metrics(parent, {f"draws_answered_{k}": v for k, v in answered.items()})
 
 
+# What the search loop of each search (by name; a driver runs one at a time) saw last, written by its
+# TrialStatusCallback. Kept here, not on the callback: a restored Tuner runs the callback it unpickles from its
+# saved state, not the one ``make_status_callback`` made for the resumed driver.
+_LOOPS: dict[str, dict[str, Any]] = {}
+
+
+def _loop_key(plan: Any) -> str:
+    return str(plan.name)  # not the storage path: a restored callback keeps the path the search started with
+
+
+def search_starts(plan: Any) -> None:
+    """Forget what an earlier search loop of ``plan`` saw (call before ``Tuner.fit``)."""
+    _LOOPS[_loop_key(plan)] = {"statuses": [], "stepped": False}
+
+
+def search_interrupted(plan: Any) -> bool:
+    """Whether ``plan``'s search loop ended before every trial did (Tune caught a Ctrl-C / SIGINT and returned
+    early): a trial still pending, running or paused at its last step, or fewer than ``num_samples`` trials."""
+    statuses = _LOOPS.get(_loop_key(plan), {}).get("statuses", [])
+    return any(s not in ("TERMINATED", "ERROR") for s in statuses) or len(statuses) < plan.num_samples
+
+
 class TrialStatusCallback(Callback):
     """A Tune Callback on the driver that closes runs Tune ended itself (ASHA stop -> stopped-early, error ->
     failed), keeping the trial's last metrics, and prints one progress line per finished trial."""
@@ -164,6 +194,16 @@ class TrialStatusCallback(Callback):
     def __init__(self, plan: Any) -> None:
         self.plan = plan
         self.counts = {s: 0 for s in TERMINAL}
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        # Snapshotted on every step because Tune, when Ctrl-C ends its loop, stops the live trials as TERMINATED
+        # before the last callback (``on_experiment_end``) runs; the state it saved still has them unfinished.
+        _LOOPS[_loop_key(self.plan)] = {"statuses": [t.status for t in trials], "stepped": True}
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        loop = _LOOPS.setdefault(_loop_key(self.plan), {"statuses": [], "stepped": False})
+        if not loop["stepped"]:  # a restored search with nothing left to run ends without a single step
+            loop["statuses"] = [t.status for t in trials]
 
     def _close(self, trial: Any, status: str) -> None:
         plan = self.plan

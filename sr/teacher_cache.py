@@ -33,6 +33,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -54,6 +55,7 @@ __all__ = [
     "CachedKDDataset",
     "build_teacher_cache",
     "cache_key",
+    "remove_stale_tmp",
     "dataset_fingerprint",
     "dihedral_equivariance_gap",
     "state_dict_hash",
@@ -231,7 +233,8 @@ def build_teacher_cache(
 
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".tmp-{key[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    remove_stale_tmp(root)
+    tmp = root / f"{_TMP_PREFIX}{key[:16]}-{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     was_training = teacher.training
     teacher.eval()
@@ -339,6 +342,47 @@ def _fill(
             else:
                 arrays[name][idx.start : idx.stop] = x.numpy()
         arrays["teacher_out"][idx.start : idx.stop] = t_out.numpy().astype(arrays["teacher_out"].dtype)
+
+
+_TMP_PREFIX = ".tmp-"
+STALE_TMP_AGE_S = 24 * 3600.0  # a build folder this old is abandoned whoever made it (no build takes a day)
+
+
+def _host() -> str:
+    """This machine's name as it appears in a build folder's name (no dashes, so the name splits cleanly)."""
+    return socket.gethostname().replace("-", "_") or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_tmp(root: Path, *, max_age_s: float = STALE_TMP_AGE_S) -> list[Path]:
+    """Remove the ``.tmp-*`` build folders of builds that died (killed, crashed) under ``root``; returns them.
+
+    A folder is stale when the process that made it is gone on this machine (its name records the host and pid),
+    or when it is older than ``max_age_s`` (a folder of another machine sharing the storage, or one named by an
+    older version without the host). A live build's folder is kept, so concurrent builders are safe."""
+    removed = []
+    for d in root.glob(f"{_TMP_PREFIX}*"):
+        if not d.is_dir():
+            continue
+        parts = d.name[len(_TMP_PREFIX) :].split("-", 1)[-1].rsplit("-", 2)
+        mine_and_dead = len(parts) == 3 and parts[0] == _host() and parts[1].isdigit() and not _pid_alive(int(parts[1]))
+        try:
+            too_old = time.time() - d.stat().st_mtime > max_age_s
+        except FileNotFoundError:  # its builder just published or removed it
+            continue
+        if mine_and_dead or too_old:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
 
 
 def _publish(tmp: Path, final: Path, meta: dict[str, Any]) -> dict[str, Any] | None:

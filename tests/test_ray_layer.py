@@ -40,14 +40,23 @@ def test_lower_ray_layer_modules_never_import_the_search(module: str) -> None:
 
 
 def test_a_fresh_job_never_overwrites_another(tmp_path: Path, capsys) -> None:
-    spec = SimpleNamespace(name="j", spec_hash=lambda: "h2")
+    spec = SimpleNamespace(
+        name="j",
+        spec_hash=lambda: "h2",
+        to_flat_dict=lambda: {"training.steps": 60},
+        tracking_uri="sqlite:///x.db",
+        experiment_name="j",
+    )
     out = tmp_path / "j"
-    JobState(spec_hash="h1", density=0.5).save(out / "job_state.json")
+    JobState(spec_hash="h1", spec_flat={"training.steps": 40}, density=0.5).save(out / "job_state.json")
     with pytest.raises(UserError, match="--resume"):
         _open_state(spec, "job.yaml", out, resume=False)
-    state = _open_state(spec, "job.yaml", out, resume=True)
-    assert state.density == 0.5 and state.spec_hash == "h2"
-    assert "changed since the job started" in capsys.readouterr().out
+    # A changed spec is refused on --resume (with what changed), unless the user allows it.
+    with pytest.raises(UserError, match="training.steps 40 -> 60"):
+        _open_state(spec, "job.yaml", out, resume=True)
+    state = _open_state(spec, "job.yaml", out, resume=True, allow_changed_spec=True)
+    assert state.density == 0.5 and state.spec_hash == "h2" and state.spec_flat == {"training.steps": 60}
+    assert "resuming with a changed spec" in capsys.readouterr().out
 
 
 def test_status_callback_counts_trials_without_tracking(capsys) -> None:

@@ -7,6 +7,7 @@ CLI starts fast for commands that never touch a model.
 from __future__ import annotations
 
 import json
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -199,23 +200,76 @@ def allocate(
 
 
 # ----------------------------------------------------------------------------------------------------------- run
+FAILED_TRIALS_EXIT = 3  # `run` ended but some trials failed (1 is an internal error, 2 a user error, 130 Ctrl-C)
+
+
 def run(
     job: Annotated[str, typer.Argument(help="Job spec YAML, e.g. search_spaces/demo.yaml")],
     address: Annotated[
         str | None, typer.Option(help="Ray cluster: omit for a local one, 'auto', or ray://HOST:10001")
     ] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the job stored under the spec's storage")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the job stored under the spec's storage: finished stages and trials are kept, "
+            "unfinished and failed trials run again from their last checkpoint",
+        ),
+    ] = False,
+    allow_changed_spec: Annotated[
+        bool,
+        typer.Option(
+            "--allow-changed-spec",
+            help="With --resume: accept a spec that changed since the job started (otherwise refused, with what "
+            "changed). Safe: resources.* and failure.* (how trials run, not what they train). Anything else "
+            "(training, data, budgets, the search space) applies only to trials that start or restart after the "
+            "resume, and search.* keeps its first values, so one front would mix settings. A changed "
+            "tracking.experiment/uri is always refused",
+        ),
+    ] = False,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow URI (default: sqlite under storage)")] = None,
     num_cpus: Annotated[int | None, typer.Option(help="CPUs of the local Ray cluster (default: all)")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Ray's worker logs too")] = False,
 ) -> None:
-    """Prune -> allocate -> cache -> multi-objective search; prints the Pareto front."""
-    from orchestrator.job import run_job  # deferred: the job pulls in ray, mlflow and torch
+    """Prune -> allocate -> cache -> multi-objective search; prints the Pareto front.
 
-    summary = run_job(
-        job, address=address, resume=resume, tracking_uri=tracking_uri, num_cpus=num_cpus, verbose=verbose
-    )
+    Exit codes: 0 every trial ended; 3 the search ended with failed trials (rerun with --resume to retry them);
+    2 a usage error; 130 interrupted (Ctrl-C; rerun with --resume to continue); 1 an internal error.
+    """
+    from orchestrator.job import JobInterrupted, run_job  # deferred: the job pulls in ray, mlflow and torch
+
+    again = f"srcompress run {job} --resume"
+    try:
+        summary = run_job(
+            job,
+            address=address,
+            resume=resume,
+            tracking_uri=tracking_uri,
+            num_cpus=num_cpus,
+            verbose=verbose,
+            allow_changed_spec=allow_changed_spec,
+        )
+    except JobInterrupted as exc:
+        print(f"srcompress: interrupted: {exc}; continue it with: {again}", file=sys.stderr, flush=True)
+        raise typer.Exit(130) from None
     print_summary(summary)
+    failed = int(summary.get("failed", 0))
+    if failed:
+        total = sum(int(v) for k, v in summary.get("counts", {}).items() if k != "infeasible") or failed
+        print(
+            f"srcompress: error: {failed} of {total} trials failed; retry them from their last checkpoint with: "
+            f"{again}",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise typer.Exit(FAILED_TRIALS_EXIT)
+
+
+def _missing(value: Any) -> bool:
+    """None, NaN or pandas' NA (a comparison with NA is NA, whose truth value raises)."""
+    import pandas as pd  # deferred: pandas is only needed to print a job's summary
+
+    return value is None or bool(pd.isna(value))
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -243,10 +297,10 @@ def print_summary(summary: dict[str, Any]) -> None:
                 "trial": r.get("run_name", ""),
                 "status": r.get("status", ""),
                 "paper rule": "yes" if r.get("paper_rule") is True else "",
-                "PSNR_Y": "-" if psnr != psnr or psnr is None else f"{psnr:.3f}",
-                "SSIM_Y": "-" if ssim != ssim or ssim is None else f"{ssim:.4f}",
-                "params": _fmt_int(int(r["params"])) if r.get("params") == r.get("params") else "-",
-                "MACs 720p": _fmt_g(r.get("macs_720p")),
+                "PSNR_Y": "-" if _missing(psnr) else f"{psnr:.3f}",
+                "SSIM_Y": "-" if _missing(ssim) else f"{ssim:.4f}",
+                "params": "-" if _missing(r.get("params")) else _fmt_int(int(r["params"])),
+                "MACs 720p": "-" if _missing(r.get("macs_720p")) else _fmt_g(r["macs_720p"]),
                 "run id": r.get("run_id", ""),
             }
         )

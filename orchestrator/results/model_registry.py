@@ -32,6 +32,7 @@ from sr.errors import UserError
 log = logging.getLogger(__name__)
 
 MODEL_URI_TAG = "model_uri"
+RUN_ID_TAG = "srcompress.run_id"  # on each version: the trial run its model came from
 _VERSION_TAGS = ("arch", "C", "L", "B", "scale", "psnr_y", "ssim_y", "params", "macs_720p", "latency_ms")
 
 
@@ -135,6 +136,21 @@ def log_registered_model(
     return uri
 
 
+def registered_version(tracker: Tracker, registered_name: str, run_id: str) -> str | None:
+    """``models:/<name>/<version>`` of the version of ``registered_name`` that holds run ``run_id``'s model (the
+    oldest when several do), or None; matched by the version's source run or its ``srcompress.run_id`` tag."""
+
+    def versions() -> list:
+        return list(tracker.client.search_model_versions(f"name = '{registered_name}'"))
+
+    found = [
+        int(v.version)
+        for v in tracker._call("search model versions", versions)
+        if v.run_id == run_id or (v.tags or {}).get(RUN_ID_TAG) == run_id
+    ]
+    return f"models:/{registered_name}/{min(found)}" if found else None
+
+
 def register_pareto_models(
     tracker: Tracker | str,
     experiment: str,
@@ -181,6 +197,10 @@ def register_pareto_models(
     for _, row in front.iterrows():
         run_id = str(row["run_id"])
         entry: dict[str, Any] = {"run_id": run_id, "run_name": row.get("run_name")}
+        known = registered_version(tracker, name, run_id)
+        if known is not None:  # a resumed or rerun job: this run's model is registered already
+            out.append({**entry, "model_uri": known, "already_registered": True})
+            continue
         try:
             model, meta = load_run_model(tracker, run_id)
         except UserError as exc:
@@ -191,6 +211,7 @@ def register_pareto_models(
         tags["arch"] = meta["arch"]
         tags["params"] = meta["params"]  # counted on the folded model just loaded
         tags["run_name"] = row.get("run_name")
+        tags[RUN_ID_TAG] = run_id
         entry["model_uri"] = log_registered_model(tracker, run_id, model, registered_name=name, tags=tags)
         out.append(entry)
     return out
