@@ -51,6 +51,24 @@ def test_kd_gains():
     assert kd_gains({"psnr_y": 30.0}, {}) == {}
 
 
+def _run(run_id: str, name: str, status: str):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        info=SimpleNamespace(run_id=run_id, run_name=name), data=SimpleNamespace(tags={STATUS_TAG: status})
+    )
+
+
+def test_chosen_trials_front_or_names():
+    from orchestrator._kd_twin import chosen_trials
+
+    runs = [_run("r1", "a", "completed"), _run("r2", "b", "completed"), _run("r3", "c", "failed")]
+    front, unknown = chosen_trials(runs, "pareto", {"r2", "r3"})
+    assert [r.info.run_id for r in front] == ["r2"] and unknown == []  # a failed trial gets no twin
+    named, unknown = chosen_trials(runs, ("a", "c", "zz"), set())
+    assert [r.info.run_id for r in named] == ["r1"] and unknown == ["c", "zz"]
+
+
 @pytest.mark.parametrize("bad", ["all", [], ["a", "a"], 3])
 def test_kd_twin_spec_rejects_bad_values(tiny_job, bad):
     with pytest.raises(UserError, match="kd_twin"):
@@ -64,9 +82,13 @@ def _runs(tracker: Tracker, exp_id: str, kind: str) -> list:
 @pytest.mark.ray
 @pytest.mark.mlflow
 def test_kd_twin_search_logs_gain_and_twins_stay_off_the_front(ray_local, tiny_job, tmp_path, capsys):
+    from orchestrator._kd_twin import run_twins, trial_task_of
     from orchestrator.cli import main
     from orchestrator.job import run_job
+    from orchestrator.results.pareto import query_trials
     from orchestrator.results.report import write_report
+    from orchestrator.workers import val_pairs
+    from sr import stages
 
     spec_path = tiny_job(**{"search.kd_twin": True})
     summary = run_job(spec_path)
@@ -102,35 +124,30 @@ def test_kd_twin_search_logs_gain_and_twins_stay_off_the_front(ray_local, tiny_j
     html = write_report(trials, tmp_path / "report.html").html.read_text()
     assert "KD gain (dB)" in html and f"{tracker.run_metrics(front['run_id'][0])[GAIN_KEY]:+.3f}" in html
 
-    # A resumed job finds the twins by their tag and trains none again.
-    n_twins = len(_runs(tracker, exp_id, TWIN_KIND))
-    run_job(spec_path, resume=True)
+    # Resume (what [J6b] does again on --resume): completed twins are found by their tag and not trained again;
+    # one a killed job left unfinished (simulated: its status set back to running) is recorded as interrupted and
+    # trained again, to the same PSNR (same task, same init and batches).
+    spec, plan, parent = _job_plan(spec_path, ray_local)
+    cut_trial = front["run_id"][0]
+    cut = twins[cut_trial]
+    tracker.set_tags(cut.info.run_id, {STATUS_TAG: "running"})
+    gains = run_twins(spec, plan, tracker, exp_id, parent)
     out = capsys.readouterr().out
-    assert "GT-only twin" not in out  # nothing trained
-    assert len(_runs(tracker, exp_id, TWIN_KIND)) == n_twins
+    assert "training 1 GT-only twin(s)" in out and set(gains) == set(front["run_name"])
+    after = _runs(tracker, exp_id, TWIN_KIND)
+    assert len(after) == len(twins) + 1
+    old = next(r for r in after if r.info.run_id == cut.info.run_id)
+    assert old.data.tags[STATUS_TAG] == "interrupted" and old.data.tags[TWIN_OF_TAG] != cut_trial
+    (new,) = [r for r in after if r.data.tags[TWIN_OF_TAG] == cut_trial]
+    assert new.info.run_id != cut.info.run_id and new.data.tags[STATUS_TAG] == "completed"
+    assert new.data.metrics["psnr_y"] == pytest.approx(cut.data.metrics["psnr_y"], abs=1e-6)
+    assert len(query_trials(uri, "tiny")) == 2
+    assert run_twins(spec, plan, tracker, exp_id, parent) == gains  # all done: nothing trained, same gains
+    assert "GT-only twin" not in capsys.readouterr().out
 
-
-@pytest.mark.ray
-@pytest.mark.mlflow
-def test_rebuilt_trial_task_reproduces_the_trial(ray_local, tiny_job, tmp_path):
-    """The twin starts from the trial's own task (same init and batches): rebuilt from the trial's MLflow params and
-    trained with its KD weights unchanged, it gives the trial's PSNR again."""
-    from orchestrator._job_state import JobState
-    from orchestrator._kd_twin import trial_task_of
-    from orchestrator.job import plan_search, run_job
-    from orchestrator.workers import val_pairs
-    from search_spaces import check_paths
-    from sr import stages
-
-    spec_path = tiny_job(**{"search.num_samples": 1})
-    run_job(spec_path)
-    spec = check_paths(load_job_spec(spec_path), spec_path)
-    out = Path(spec.storage.path).resolve() / spec.name
-    state = JobState.load(out / "job_state.json")
-    teacher = ModelRef("edsr_mini", {"C": 8, "B": 1, "scale": 2}, state.teacher_weights)
-    plan = plan_search(spec, teacher=teacher, state=state, tracking=None, out=out)
-    tracker = Tracker(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
-    (trial,) = _runs(tracker, tracker.find_experiment_id("tiny"), "trial")
+    # The twin's task is the trial's own: rebuilt from the trial's MLflow params and trained in this process with
+    # its KD weights unchanged, it gives the trial's PSNR again (so the twin differs from it only in the loss).
+    (trial,) = [r for r in _runs(tracker, exp_id, "trial") if r.info.run_id == cut_trial]
     task = trial_task_of(plan, trial.info.run_name, trial.data.params)
     threads = torch.get_num_threads()
     torch.set_num_threads(task.threads)  # the trial's worker ran with these
@@ -145,5 +162,19 @@ def test_rebuilt_trial_task_reproduces_the_trial(ray_local, tiny_job, tmp_path):
         )
     finally:
         torch.set_num_threads(threads)
-    print(f"trial psnr_y {trial.data.metrics['psnr_y']:.5f}, rebuilt task {res.metrics['val_psnr_y']:.5f}")
+    with capsys.disabled():
+        print(f"\ntrial psnr_y {trial.data.metrics['psnr_y']:.5f}, rebuilt task {res.metrics['val_psnr_y']:.5f}")
     assert abs(res.metrics["val_psnr_y"] - trial.data.metrics["psnr_y"]) < 1e-3
+
+
+def _job_plan(spec_path: Path, ray_local):
+    """The finished job's spec, SearchPlan and parent run id, as ``run_job`` builds them."""
+    from orchestrator._job_state import JobState
+    from orchestrator.job import plan_search
+    from search_spaces import check_paths
+
+    spec = check_paths(load_job_spec(spec_path), spec_path)
+    out = Path(spec.storage.path).resolve() / spec.name
+    state = JobState.load(out / "job_state.json")
+    teacher = ModelRef("edsr_mini", {"C": 8, "B": 1, "scale": 2}, state.teacher_weights)
+    return spec, plan_search(spec, teacher=teacher, state=state, tracking=None, out=out), state.parent_run_id
