@@ -63,8 +63,8 @@ def _value(text: str) -> Any:
 
 
 def trial_task_of(plan: SearchPlan, name: str, params: Mapping[str, str]) -> TrialTask:
-    """A finished trial's task rebuilt from its run's params (knobs and sampled KD values), as ``run_trial``
-    built it."""
+    """A finished trial's task rebuilt from its run's params (knobs, sampled KD values, and the steps and seed it
+    trained with, so a spec edited before ``--resume`` does not change them), as ``run_trial`` built it."""
     assert plan.worker is not None  # orchestrator.job.plan_search always sets the template
     config = {k: _value(v) for k, v in params.items()}
     knobs = student_knobs(config, arch=plan.student_arch, scale=plan.scale, method="kd")
@@ -72,7 +72,7 @@ def trial_task_of(plan: SearchPlan, name: str, params: Mapping[str, str]) -> Tri
         plan.worker,
         name=name,
         student=ModelRef(plan.student_arch, knobs),
-        sampled={k: config[k] for k in KD_DIMS if k in config},
+        sampled={k: config[k] for k in (*KD_DIMS, "steps", "seed") if k in config},
     )
 
 
@@ -93,6 +93,9 @@ def chosen_trials(
     """The completed trial runs that get a twin, and the names asked for that match no completed trial."""
     done = [r for r in runs if r.data.tags.get(STATUS_TAG) == "completed"]
     if selection == "pareto":
+        short = sum(1 for r in runs if r.info.run_id in front_ids and r.data.tags.get(STATUS_TAG) != "completed")
+        if short:
+            print(f"[srcompress] note: no KD twin for {short} front trial(s) stopped early (fewer steps)", flush=True)
         return [r for r in done if r.info.run_id in front_ids], []
     by_name = {r.info.run_name: r for r in done}
     return [by_name[n] for n in selection if n in by_name], [n for n in selection if n not in by_name]

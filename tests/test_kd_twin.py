@@ -59,12 +59,14 @@ def _run(run_id: str, name: str, status: str):
     )
 
 
-def test_chosen_trials_front_or_names():
+def test_chosen_trials_front_or_names(capsys):
     from orchestrator._kd_twin import chosen_trials
 
     runs = [_run("r1", "a", "completed"), _run("r2", "b", "completed"), _run("r3", "c", "failed")]
-    front, unknown = chosen_trials(runs, "pareto", {"r2", "r3"})
-    assert [r.info.run_id for r in front] == ["r2"] and unknown == []  # a failed trial gets no twin
+    runs.append(_run("r4", "d", "stopped-early"))
+    front, unknown = chosen_trials(runs, "pareto", {"r2", "r4"})
+    assert [r.info.run_id for r in front] == ["r2"] and unknown == []  # a stopped-early trial gets no twin
+    assert "no KD twin for 1 front trial(s) stopped early" in capsys.readouterr().out
     named, unknown = chosen_trials(runs, ("a", "c", "zz"), set())
     assert [r.info.run_id for r in named] == ["r1"] and unknown == ["c", "zz"]
 
