@@ -7,6 +7,7 @@ Distributed structure of a job (numbered as they run; ``run_job`` calls one step
   [J4] allocate: the paper's C/L/B rule from the density (pure ``sr.allocate``), the search's first trial;
   [J5] cache: teacher outputs on a fixed patch pool, a Ray task writing onto the job's storage;
   [J6] search: ``orchestrator.search`` (Tune + Optuna, one TorchTrainer per trial);
+  [J6b] KD twins (``search.kd_twin``): chosen students retrained on ground truth alone (``orchestrator._kd_twin``);
   [J7] choose: Pareto front from MLflow, tagged on the runs and printed (``orchestrator._job_tracking.finish``).
 Stage outputs are recorded in ``<storage>/<name>/job_state.json`` (``JobState``) so ``--resume`` skips finished
 stages and reuses the same MLflow parent run.
@@ -28,6 +29,7 @@ from ray.train.torch import TorchTrainer
 
 from orchestrator._job_state import JobState, spec_diff
 from orchestrator._job_tracking import finish, log_reference_runs, log_stage_run, open_parent_run
+from orchestrator._kd_twin import run_twins
 from orchestrator._preflight import preflight, undo_new_dirs
 from orchestrator._ray_connect import connect_ray
 from orchestrator.search import SearchPlan, make_tuner
@@ -412,6 +414,20 @@ def _search_step(job: _Job, teacher: ModelRef, *, resume: bool) -> tuple[SearchP
     return plan, tuner.fit()
 
 
+def _twin_step(job: _Job, plan: SearchPlan) -> None:
+    """[J6b] KD twins (``search.kd_twin``): the chosen KD students trained again on ground truth alone, and
+    ``kd_gain_db`` on their trial runs (``orchestrator._kd_twin``); a finished twin is never retrained."""
+    if job.spec.search.twin_selection is None:
+        return
+    t0 = time.time()
+    gains = run_twins(job.spec, plan, job.tracker, job.exp_id, job.parent)
+    job.state.stages["kd_twin"] = job.state.stages.get("kd_twin", 0.0) + time.time() - t0
+    job.save()
+    if gains:
+        mean = sum(g["kd_gain_db"] for g in gains.values()) / len(gains)
+        job.tracker.log_metrics(job.parent, {"kd_gain_db_mean": mean})
+
+
 class JobInterrupted(KeyboardInterrupt):
     """Ctrl-C stopped the job: its parent run is marked interrupted and ``--resume`` continues it."""
 
@@ -466,6 +482,7 @@ def run_job(
         plan, results = _search_step(job, teacher, resume=resume)  # [J6]
         if search_interrupted(plan):  # Tune caught the Ctrl-C itself and returned early
             raise KeyboardInterrupt
+        _twin_step(job, plan)  # [J6b]
         summary = finish(spec, plan, tracker, job.exp_id, job.parent, results, out)  # [J7]
     except KeyboardInterrupt:
         raise _interrupted(job) from None

@@ -368,6 +368,35 @@ class SearchSpec(SpecModel):
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     enqueue_paper_rule: bool = Field(True, description="seed the search with the paper's C/L/B allocation")
     seed: int | None = Field(None, ge=0, description="sampler seed; null = the top-level seed")
+    kd_twin: bool | Literal["pareto"] | list[str] = Field(
+        False,
+        description="after the search, train each Pareto-optimal KD student again on ground truth alone (same "
+        "steps, init and batches) and log kd_gain_db = its PSNR - the twin's on the trial run; true or 'pareto' = "
+        "every front model, a list = those trial (run) names; false = none. Doubles the front's training time",
+    )
+
+    @field_validator("kd_twin", mode="before")
+    @classmethod
+    def _twin_choice(cls, value: Any) -> Any:
+        if isinstance(value, bool) or value is None or value == "pareto":
+            return bool(value) if value is None else value
+        if isinstance(value, list) and value and all(isinstance(v, str) and v.strip() for v in value):
+            if len(set(value)) != len(value):
+                raise ValueError("kd_twin lists a trial name twice; give each name once")
+            return [v.strip() for v in value]
+        raise ValueError(
+            f"kd_twin must be true, false, 'pareto' or a non-empty list of trial names, got {value!r}; "
+            "write e.g. kd_twin: true"
+        )
+
+    @property
+    def twin_selection(self) -> str | tuple[str, ...] | None:
+        """Which trials get a KD twin: ``"pareto"`` (the front), trial names, or None (no twins)."""
+        if self.kd_twin is True or self.kd_twin == "pareto":
+            return "pareto"
+        if isinstance(self.kd_twin, list):
+            return tuple(self.kd_twin)
+        return None
 
 
 class TrackingSpec(SpecModel):

@@ -153,6 +153,8 @@ def _front_section(front: pd.DataFrame) -> list[str]:
     if not len(front):
         parts.append("<p class='note'>No completed trial meets the budgets.</p>")
         return parts
+    # KD gain over the student's GT-only twin (search.kd_twin), shown when a front model has one.
+    gain = "kd_gain_db" in front.columns and bool(pd.to_numeric(front["kd_gain_db"], errors="coerce").notna().any())
     rows = []
     for i, (_, r) in enumerate(front.iterrows(), 1):
         lat = _fmt(r.get("latency_ms"), ".2f")
@@ -166,6 +168,7 @@ def _front_section(front: pd.DataFrame) -> list[str]:
                 _clb(r),
                 _fmt(r.get("psnr_y"), ".3f"),
                 _fmt(r.get("ssim_y"), ".4f"),
+                *([_fmt(r.get("kd_gain_db"), "+.3f")] if gain else []),
                 _fmt(r.get("params"), ",.0f"),
                 _fmt(r.get("macs_720p"), ".2f", 1e9, "G"),
                 lat,
@@ -173,6 +176,12 @@ def _front_section(front: pd.DataFrame) -> list[str]:
                 f"<code>{_s(r.get('model_uri'))}</code>",
             ]
         )
+    if gain:
+        headers = (*_FRONT_HEADERS[:6], "KD gain (dB)", *_FRONT_HEADERS[6:])
+        parts.append(_table(headers, rows, left=(1, 2, 10, 11)))
+        parts.append("<p class='note'>KD gain: PSNR_Y minus that of the same student trained on ground truth alone")
+        parts[-1] += " (same steps, init and batches; search.kd_twin).</p>"
+        return parts
     parts.append(_table(_FRONT_HEADERS, rows, left=(1, 2, 9, 10)))
     return parts
 

@@ -112,6 +112,8 @@ def write_report(
     budgets = {"max_params": max_params, "max_macs": max_macs, "max_latency_ms": max_latency_ms, "device": device}
     in_budget = df.index.isin(apply_budgets(df, statuses=None, **budgets).index)
     front = pareto_models(df, objectives=objs, **budgets)
+    if "kd_gain_db" in df.columns and len(front):  # the KD twin's gain (search.kd_twin) beside each front model
+        front = front.assign(kd_gain_db=front["run_id"].map(df.set_index("run_id")["kd_gain_db"]))
 
     figures = _tradeoff_figures(df, pubs=pubs, in_budget=in_budget, references=references, budgets=budgets)
     hv_caption = ""

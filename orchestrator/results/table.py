@@ -45,6 +45,7 @@ TRIALS_SCHEMA: pa.Schema = pa.schema(
         pa.field("latency_ms", pa.float64()),
         pa.field("latency_device", pa.string()),
         pa.field("train_time_s", pa.float64()),
+        pa.field("kd_gain_db", pa.float64()),  # dB, PSNR_Y minus the GT-only twin's (search.kd_twin)
         pa.field("pareto", pa.bool_()),
         pa.field("model_uri", pa.string()),
         pa.field("start_time_ms", pa.int64()),  # Unix epoch, milliseconds
