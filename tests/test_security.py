@@ -71,6 +71,9 @@ def _copy_job(finished_job: tuple[Path, Path], tmp_path: Path) -> tuple[Path, Pa
     (tmp_path / "tiny.yaml").write_text(text)
     shutil.copy(spec.parent / "teacher.pth", tmp_path / "teacher.pth")
     job = tmp_path / "runs" / "tiny"
+    # The copy is the user's job now: its state names its own store (a resume refuses another tracking URI).
+    state = job / "job_state.json"
+    state.write_text(state.read_text().replace(str(storage), str(tmp_path / "runs")))
     return tmp_path / "tiny.yaml", job, job / "tune" / "tiny"
 
 
@@ -85,7 +88,8 @@ def test_crafted_tuner_pkl_is_refused_before_it_is_unpickled(finished_job, tmp_p
     marker = tmp_path / "PWNED"
     (exp / "tuner.pkl").write_bytes(pickle.dumps(_Payload(marker)))
     done = subprocess.run(
-        [sys.executable, "-m", "orchestrator", "run", str(spec), "--num-cpus", "2", "--resume"],
+        # --allow-changed-spec: the copy's paths differ from the finished job's; the digest check still applies.
+        [sys.executable, "-m", "orchestrator", "run", str(spec), "--num-cpus", "2", "--resume", "--allow-changed-spec"],
         env=_env(),
         capture_output=True,
         text=True,
