@@ -211,7 +211,12 @@ def local_cluster(monkeypatch):
     finally:
         stopped = subprocess.run(["bash", str(LOCAL_SH), "stop"], env=env, capture_output=True, text=True, timeout=120)
         print(stopped.stdout.strip())
-        left = subprocess.run(["pgrep", "-f", str(folder)], capture_output=True, text=True).stdout.split()
+        # Ray's processes exit asynchronously after `ray stop`; on a loaded machine that can take a few seconds.
+        deadline = time.time() + 20
+        while (
+            left := subprocess.run(["pgrep", "-f", str(folder)], capture_output=True, text=True).stdout.split()
+        ) and (time.time() < deadline):
+            time.sleep(0.5)
         shutil.rmtree(folder, ignore_errors=True)
         assert not left, f"local.sh stop left processes {left}"
 
