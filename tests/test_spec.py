@@ -193,6 +193,22 @@ MALFORMED = [
     _case("missing-section", "name: x\nstudent: {arch: edsr_mini}\n", "teacher", "name:", "missing"),
     _case("duplicate-key", BASE + "seed: 1\nseed: 2\n", "seed", "seed: 2", "duplicate"),
     _case(
+        "val-is-train",
+        BASE + "data:\n  train: [a, b]\n  val: b\n",
+        "data.val",
+        "val: b",
+        "val_first",
+    ),
+    _case("val-first-no-val", BASE + "data:\n  val_first: 3\n", "data.val_first", "val_first", "needs data.val"),
+    _case("test-is-train", BASE + "data:\n  train: [a]\n  test: [s5, a]\n", "data.test[1]", "test:", "held out"),
+    _case(
+        "lap-weighting",
+        BASE.replace("student:\n  arch: edsr_mini", "student:\n  arch: edsr_mini\n  kd_space: {lap_weighting: flatt}"),
+        "student.kd_space.lap_weighting",
+        "lap_weighting",
+        "normalized",
+    ),
+    _case(
         "scale-mismatch",
         BASE.replace("  arch: edsr_baseline", "  arch: edsr_baseline\n  scale: 3"),
         "teacher.scale",
@@ -358,12 +374,17 @@ def test_check_paths_accepts_images_and_weights(tmp_path: Path) -> None:
 
     (tmp_path / "imgs" / "HR").mkdir(parents=True)  # DIV2K-style root: images one level down
     Image.new("RGB", (32, 32)).save(tmp_path / "imgs" / "HR" / "a.png")
+    (tmp_path / "bench").mkdir()
+    Image.new("RGB", (32, 32)).save(tmp_path / "bench" / "b.png")
+    (tmp_path / "testset").mkdir()
+    Image.new("RGB", (32, 32)).save(tmp_path / "testset" / "c.png")
     (tmp_path / "t.pth").write_bytes(b"x")
     text = BASE.replace("arch: edsr_baseline", "arch: edsr_baseline\n  weights: t.pth") + (
-        "data:\n  train: [imgs]\n  val: imgs/HR\n"
+        "data:\n  train: [imgs]\n  val: bench\n  test: testset\n"
     )
     spec = load_job_spec(_write(tmp_path, text))
     assert check_paths(spec) == spec
+    assert spec.data.test == [str(tmp_path / "testset")]  # one path is a list of one test set
 
 
 def test_fallback_teacher_arch_drops_overrides(tmp_path: Path) -> None:

@@ -139,8 +139,24 @@ def _draw_references(
         ys_all.append(float(ry))
         if r["kind"] == "bicubic" or rx is None or not np.isfinite(rx) or rx <= 0:
             ax.axhline(float(ry), color=_C_BICUBIC, ls="--", lw=1.0, zorder=1)
+            if r["kind"] == "bicubic":
+                # A zero-cost model: its point belongs at x = 0, the left edge of the (log) axis. Every trial below
+                # the line is dominated by it.
+                ax.scatter(
+                    [0.0],
+                    [float(ry)],
+                    marker="D",
+                    s=50,
+                    color=_C_BICUBIC,
+                    edgecolors="black",
+                    linewidths=0.6,
+                    zorder=6,
+                    clip_on=False,
+                    transform=ax.get_yaxis_transform(),
+                    label="bicubic (0 params, 0 MACs; left edge)",
+                )
             ax.annotate(
-                f"{r['kind']} {ry:.2f} dB",
+                f"{r['kind']} {ry:.2f} dB" + (" (0 params)" if r["kind"] == "bicubic" else ""),
                 xy=(1.0, float(ry)),
                 xycoords=("axes fraction", "data"),
                 xytext=(-4, 3),
