@@ -74,14 +74,14 @@ def fallback_note(spec: Any, scores: dict[str, float]) -> str | None:
     if spec.teacher.weights is not None and spec.data.train is not None:
         return None
     fb = spec.teacher.fallback
-    teacher = (
-        f"the fallback teacher ({fb.steps} steps of {fb.arch or spec.teacher.arch})"
-        if spec.teacher.weights is None
-        else f"the teacher {spec.teacher.arch}"
-    )
     data = "the scikit-image sample images" if spec.data.train is None else "the training images"
+    teacher = (
+        f"the fallback teacher ({fb.steps} steps of {fb.arch or spec.teacher.arch} on {data})"
+        if spec.teacher.weights is None
+        else f"the teacher {spec.teacher.arch} (students train on {data})"
+    )
     return (
-        f"[srcompress] note: no shared weights/data: {teacher}, trained on {data}, scores "
+        f"[srcompress] note: no shared weights/data: {teacher} scores "
         f"{scores['teacher']:.2f} dB on the validation set (bicubic {scores['bicubic']:.2f} dB); the students "
         f"are capped by it. Set SRCOMPRESS_SHARED (official weights, T91/BSDS200/Set5) for real figures"
     )

@@ -247,8 +247,8 @@ def print_summary(summary: dict[str, Any]) -> None:
                 "test PSNR_Y": _num(r.get("test_psnr_y"), ".3f"),
                 "vs bicubic dB": _num(r.get("vs_bicubic_db"), "+.3f")
                 + (" below bicubic" if r.get("below_bicubic") is True else ""),
-                "params": _fmt_int(int(r["params"])) if r.get("params") == r.get("params") else "-",
-                "MACs 720p": _fmt_g(r.get("macs_720p")),
+                "params": "-" if _num(r.get("params"), "d") == "-" else _fmt_int(int(r["params"])),
+                "MACs 720p": "-" if _num(r.get("macs_720p"), "g") == "-" else _fmt_g(r.get("macs_720p")),
                 "run id": r.get("run_id", ""),
             }
         )
@@ -270,6 +270,6 @@ def print_summary(summary: dict[str, Any]) -> None:
 def _num(v: Any, fmt: str) -> str:
     """A metric for a table cell: ``-`` when missing (None, NA or NaN)."""
     try:
-        return "-" if v is None or v != v else format(float(v), fmt)
-    except TypeError:  # pandas NA
+        return "-" if v is None or v != v else format(int(v) if fmt == "d" else float(v), fmt)
+    except TypeError:  # pandas NA (a failed trial has no params)
         return "-"

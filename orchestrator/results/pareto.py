@@ -505,10 +505,11 @@ def with_vs_bicubic(df: pd.DataFrame, refs: pd.DataFrame | None, parent_run_id: 
         bic = bic[bic["parent_run_id"] == parent_run_id]
     if bic is not None and len(bic):
         ref = bic.iloc[-1]
-        for col in ("test_psnr_y", "psnr_y"):
-            if col in df.columns and pd.notna(ref[col]):
-                gain = pd.to_numeric(df[col], errors="coerce") - float(ref[col])
-                df["vs_bicubic_db"] = df["vs_bicubic_db"].fillna(gain)
+        # One set for every row: the test set when the job has one, else the validation set.
+        col = "test_psnr_y" if pd.notna(ref["test_psnr_y"]) else "psnr_y"
+        if col in df.columns and pd.notna(ref[col]):
+            gain = pd.to_numeric(df[col], errors="coerce") - float(ref[col])
+            df["vs_bicubic_db"] = df["vs_bicubic_db"].fillna(gain)
     vs = pd.to_numeric(df["vs_bicubic_db"], errors="coerce").astype("float64")
     df["vs_bicubic_db"] = vs
     df["below_bicubic"] = pd.array([None if pd.isna(v) else bool(v < 0) for v in vs], dtype="boolean")
