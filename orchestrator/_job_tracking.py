@@ -80,10 +80,13 @@ def fallback_note(spec: Any, scores: dict[str, float]) -> str | None:
         if spec.teacher.weights is None
         else f"the teacher {spec.teacher.arch} (students train on {data})"
     )
+    below = (
+        ", so expect them below bicubic too (marked 'below bicubic')" if scores["teacher"] < scores["bicubic"] else ""
+    )
     return (
         f"[srcompress] note: no shared weights/data: {teacher} scores "
         f"{scores['teacher']:.2f} dB on the validation set (bicubic {scores['bicubic']:.2f} dB); the students "
-        f"are capped by it. Set SRCOMPRESS_SHARED (official weights, T91/BSDS200/Set5) for real figures"
+        f"are capped by it{below}. Set SRCOMPRESS_SHARED (official weights, T91/BSDS200/Set5) for real figures"
     )
 
 

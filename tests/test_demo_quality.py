@@ -136,3 +136,38 @@ def test_fixed_lap_weighting_reaches_the_trial_task(tiny_job):
         sampled = {k: space[k] for k in ("w_gt", "lap_weighting")}
         task = trial_task(template, name="t", student=ModelRef("edsr_mini"), sampled=sampled)
         assert task.kd.lap_weighting == want
+
+
+def test_demo_without_shared_says_what_its_fallback_reaches(monkeypatch):
+    """No ../shared: the demo trains a fallback teacher on the built-in images and says plainly what it scores."""
+    import search_spaces
+    from orchestrator._job_tracking import fallback_note
+    from search_spaces import check_paths, load_job_spec
+
+    monkeypatch.setenv("SRCOMPRESS_SHARED", "/nonexistent")
+    spec = check_paths(load_job_spec(search_spaces.path("demo")))
+    assert spec.data.train is None and spec.data.val is None and spec.data.test is None and spec.data.val_first is None
+    note = fallback_note(spec, {"teacher": 32.09, "bicubic": 32.92})
+    assert note is not None
+    assert "fallback teacher (200 steps of imdn on the scikit-image sample images) scores 32.09 dB" in note
+    assert "below bicubic" in note and "SRCOMPRESS_SHARED" in note
+    assert "below bicubic" not in (fallback_note(spec, {"teacher": 34.0, "bicubic": 32.9}) or "")
+
+
+def test_demo_validation_is_held_out_of_training_and_test_is_set5(shared_dir):
+    """The demo's split is explicit and deterministic: validation = the first 10 BSDS200 images by name, which no
+    training source holds; Set5 is the test set only."""
+    import search_spaces
+    from orchestrator.tasks import data_ref
+    from search_spaces import check_paths, load_job_spec
+    from sr.data import eval_image_files, list_images
+
+    spec = check_paths(load_job_spec(search_spaces.path("demo")))
+    ref = data_ref(spec)
+    bsds = shared_dir / "data" / "BSDS200"
+    held = eval_image_files(bsds, 10)
+    assert [p.name for p in held] == [p.name for p in list_images(bsds / "HR")[:10]]
+    train = {Path(t).resolve() for t in ref.train or ()}
+    assert not set(held) & train
+    assert len([t for t in train if t.parent == (bsds / "HR").resolve()]) == len(list_images(bsds / "HR")) - 10
+    assert (ref.val, ref.val_first) == (str(bsds), 10) and [Path(t).name for t in ref.test] == ["Set5"]
