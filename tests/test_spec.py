@@ -76,8 +76,11 @@ def test_demo_is_small_and_budgeted() -> None:
     assert spec.name == "demo"  # `srcompress pareto --experiment demo` after `make demo`
     # The budget cuts the space: its largest configs are infeasible, the paper-rule seed (C24 L1 B8) is not.
     assert spec.budgets.max_params == 120_000
-    assert spec.student.space["C"] == Range(low=8, high=32, step=8)
-    assert spec.training.steps <= 300 and spec.search.num_samples <= 8
+    assert spec.student.space["C"] == Range(low=16, high=32, step=8)  # no C=8 student: near bicubic at 500 steps
+    assert spec.training.steps <= 500 and spec.search.num_samples <= 8
+    # the level weighting the kd_quality benchmark found best, and a held-out validation split + a test set
+    assert spec.student.kd_space.lap_weighting == "normalized"
+    assert spec.data.val_first == 10 and spec.data.test is not None and len(spec.data.test) == 1
     assert spec.resources.use_gpu is False and spec.resources.workers_per_trial == 1
     assert spec.data.cache.enabled and spec.data.hr_patch % 16 == 0
 
@@ -88,7 +91,7 @@ def test_demo_falls_back_without_shared(tmp_path: Path, monkeypatch: pytest.Monk
     assert spec.teacher.weights == str(tmp_path / "absent" / "weights" / "IMDN_x2.pth")
     run = check_paths(spec)
     assert run.teacher.weights is None and run.teacher.arch == "imdn"
-    assert run.data.train is None and run.data.val is None
+    assert run.data.train is None and run.data.val is None and run.data.test is None
     assert spec.teacher.weights is not None  # the input spec is unchanged (frozen)
 
 
@@ -96,7 +99,8 @@ def test_demo_uses_shared_when_present(imdn_x2_weights: Path, t91_dir: Path, set
     run = check_paths(load_job_spec(search_spaces.path("demo")))
     assert Path(run.teacher.weights).samefile(imdn_x2_weights)
     assert run.data.train is not None and Path(run.data.train[0]).samefile(t91_dir)
-    assert Path(run.data.val).samefile(set5_dir)
+    assert Path(run.data.val).samefile(t91_dir.parent / "BSDS200") and run.data.val_first == 10
+    assert run.data.test is not None and Path(run.data.test[0]).samefile(set5_dir)  # Set5: test only
 
 
 @pytest.mark.parametrize("name", ["edsr_cdism", "swinir_cdism", "imdn_cdism"])
