@@ -9,9 +9,9 @@ from typing import Any
 from orchestrator._job_state import JobState
 from orchestrator.results.model_registry import register_pareto_models
 from orchestrator.results.pareto import mark_pareto, pareto_models, search_trials
-from orchestrator.tasks import ModelRef
+from orchestrator.tasks import DataRef, ModelRef
 from orchestrator.tracking import JOB_TAG, KIND_TAG, STATUS_TAG, Tracker, default_artifact_root
-from orchestrator.workers import load_model
+from orchestrator.workers import load_model, test_metrics
 from sr.budget import price
 from sr.evaluate import evaluate_bicubic, evaluate_model
 
@@ -39,21 +39,60 @@ def open_parent_run(tracker: Tracker, spec: Any, state: JobState, *, out: Path) 
 
 
 def log_reference_runs(
-    tracker: Tracker, exp_id: str, parent: str, teacher: ModelRef, pairs: Any, *, scale: int
-) -> None:
-    """Teacher and bicubic on the validation ``pairs`` as child runs: the report's reference markers."""
+    tracker: Tracker,
+    exp_id: str,
+    parent: str,
+    teacher: ModelRef,
+    pairs: Any,
+    *,
+    scale: int,
+    data: DataRef | None = None,
+) -> dict[str, float]:
+    """Teacher and bicubic as child runs, the report's reference markers: on the validation ``pairs``
+    (``psnr_y``/``ssim_y``) and on ``data``'s test sets (``test_psnr_y``, ``test_psnr_y_<set>``, ...)."""
     t_model = load_model(teacher)
     t_res = evaluate_model(t_model, pairs, scale=scale)
+    b_res = evaluate_bicubic(pairs, scale=scale)
+    tests = (
+        {"teacher": {}, "bicubic": {}}
+        if data is None
+        else {"teacher": test_metrics(t_model, data, scale, None), "bicubic": test_metrics(None, data, scale, None)}
+    )
     p = price(teacher.arch, **teacher.knobs)
     for kind, name, res, extra in (
         ("teacher", f"teacher_{teacher.arch}_x{scale}", t_res, p.as_dict()),
-        ("bicubic", f"bicubic_x{scale}", evaluate_bicubic(pairs, scale=scale), {"params": 0}),
+        ("bicubic", f"bicubic_x{scale}", b_res, {"params": 0, "macs_720p": 0}),
     ):
         run_id = tracker.start_run(exp_id, name, parent_run_id=parent, tags={KIND_TAG: kind, STATUS_TAG: "completed"})
-        tracker.log_metrics(run_id, {"psnr_y": res.psnr_y, "ssim_y": res.ssim_y, **extra})
+        tracker.log_metrics(run_id, {"psnr_y": res.psnr_y, "ssim_y": res.ssim_y, **extra, **tests[kind]})
         tracker.log_params(run_id, {"arch": teacher.arch if kind == "teacher" else "bicubic"})
         tracker.end_run(run_id)
-    print(f"[srcompress] teacher {teacher.arch}: psnr_y {t_res.psnr_y:.3f} on the validation set", flush=True)
+    for kind, res in (("teacher " + teacher.arch, t_res), ("bicubic", b_res)):
+        test = tests[kind.split()[0]].get("test_psnr_y")
+        on_test = "" if test is None else f", {test:.3f} on the test set"
+        print(f"[srcompress] {kind}: psnr_y {res.psnr_y:.3f} on the validation set{on_test}", flush=True)
+    return {"teacher": t_res.psnr_y, "bicubic": b_res.psnr_y}
+
+
+def fallback_note(spec: Any, scores: dict[str, float]) -> str | None:
+    """What a job without the shared data/weights can reach: its fallback teacher caps every student."""
+    if spec.teacher.weights is not None and spec.data.train is not None:
+        return None
+    fb = spec.teacher.fallback
+    data = "the scikit-image sample images" if spec.data.train is None else "the training images"
+    teacher = (
+        f"the fallback teacher ({fb.steps} steps of {fb.arch or spec.teacher.arch} on {data})"
+        if spec.teacher.weights is None
+        else f"the teacher {spec.teacher.arch} (students train on {data})"
+    )
+    below = (
+        ", so expect them below bicubic too (marked 'below bicubic')" if scores["teacher"] < scores["bicubic"] else ""
+    )
+    return (
+        f"[srcompress] note: no shared weights/data: {teacher} scores "
+        f"{scores['teacher']:.2f} dB on the validation set (bicubic {scores['bicubic']:.2f} dB); the students "
+        f"are capped by it{below}. Set SRCOMPRESS_SHARED (official weights, T91/BSDS200/Set5) for real figures"
+    )
 
 
 def log_stage_run(tracker: Tracker, exp_id: str, parent: str, kind: str, params: dict, metrics: dict) -> None:
@@ -90,4 +129,4 @@ def finish(spec: Any, plan: Any, tracker: Tracker, exp_id: str, parent: str, res
     return {"counts": counts, "front": front, "trials": df, "ray_trials": len(results), "answered": answered}
 
 
-__all__ = ["finish", "log_reference_runs", "log_stage_run", "open_parent_run"]
+__all__ = ["fallback_note", "finish", "log_reference_runs", "log_stage_run", "open_parent_run"]

@@ -101,17 +101,23 @@ def _try_size(path: Path) -> tuple[int, int] | str:
 
 
 def _check_val(spec: JobSpec, spec_path: Any) -> None:
-    val = spec.data.val
-    if val is None or is_uri(str(val)):
-        return
+    """The validation images (``val_first`` of them) and every test set can be scored."""
+    d = spec.data
+    sets = [("data.val", d.val, d.val_first)] + [(f"data.test[{i}]", t, None) for i, t in enumerate(d.test or [])]
+    for key, path, first in sets:
+        if path is not None and not is_uri(str(path)):
+            _check_eval_set(spec, spec_path, key, path, first)
+
+
+def _check_eval_set(spec: JobSpec, spec_path: Any, key: str, val: str, first: int | None) -> None:
     scale = spec.data.scale
     with warnings.catch_warnings(record=True) as skipped:
         warnings.simplefilter("always")
         try:
-            pairs = load_eval_pairs(val, scale, skip_bad=spec.data.skip_bad)
+            pairs = load_eval_pairs(val, scale, skip_bad=spec.data.skip_bad, first=first)
         except DataError as exc:
             cause = str(exc).split("; ")[0]
-            raise key_error(spec, "data.val", _fix(spec, f"{cause}; fix or replace it"), spec_path) from None
+            raise key_error(spec, key, _fix(spec, f"{cause}; fix or replace it"), spec_path) from None
     for w in skipped:
         _skipping(str(w.message).removeprefix("skipping: "))
     least = _SSIM_WIN + 2 * scale
@@ -120,7 +126,7 @@ def _check_val(spec: JobSpec, spec_path: Any) -> None:
         h, w = small[0].hr.shape[:2]
         raise key_error(
             spec,
-            "data.val",
+            key,
             f"image {small[0].name} is {w}x{h}: too small to score (SSIM_Y needs {least} px per side at x{scale}); "
             + _fix(spec, "use larger validation images"),
             spec_path,

@@ -28,7 +28,7 @@ from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from orchestrator._job_state import JobState, spec_diff
-from orchestrator._job_tracking import finish, log_reference_runs, log_stage_run, open_parent_run
+from orchestrator._job_tracking import fallback_note, finish, log_reference_runs, log_stage_run, open_parent_run
 from orchestrator._kd_twin import run_twins
 from orchestrator._preflight import preflight, undo_new_dirs
 from orchestrator._ray_connect import connect_ray
@@ -66,7 +66,7 @@ def _train_fallback_teacher(spec: Any, out: Path) -> str:
     fb = spec.teacher.fallback
     arch = fb.arch or spec.teacher.arch
     knobs = {**(spec.teacher.set if fb.arch is None else {}), "scale": spec.data.scale}
-    train, scale, seed = spec.data.train, spec.data.scale, spec.seed
+    train, scale, seed = data_ref(spec).train, spec.data.scale, spec.seed  # held-out validation images left out
 
     @ray.remote(num_cpus=1)
     def train_teacher() -> str:
@@ -134,7 +134,7 @@ def run_prune(spec: Any, teacher: ModelRef, out: Path, tracking: TrackingRef | N
 def build_cache(spec: Any, teacher: ModelRef, out: Path) -> str:
     """Teacher outputs on a fixed patch pool, computed once per job by a Ray task and reused by every trial."""
     n, scale, seed, patch = spec.data.cache.n_patches, spec.data.scale, spec.seed, spec.data.patch_at(0)
-    train, skip_bad = spec.data.train, spec.data.skip_bad
+    train, skip_bad = data_ref(spec).train, spec.data.skip_bad  # held-out validation images left out
 
     @ray.remote(num_cpus=1)
     def cache_task() -> str:
@@ -174,7 +174,8 @@ def _paper_point(spec: Any, state: JobState, space: dict[str, Any]) -> dict[str,
         return None
     a = state.allocation
     point: dict[str, Any] = {k: a[k] for k in ("C", "L", "B") if k in a and k in space}
-    # The paper's KD weights (the authors' code) when the space allows them.
+    # The paper's KD weights (the authors' code) when the space allows them. Its lap_weighting is not set here: it
+    # comes from the space (the spec's fixed value, or sampled like any draw when kd_space searches it).
     point.update({"w_gt": 0.1, "w_lap": 1.0, "w_hf": 1.0})
     return clamp_to_space({k: v for k, v in point.items() if k in space}, space)
 
@@ -336,8 +337,14 @@ def _teacher_step(job: _Job) -> ModelRef:
     job.state.stages.setdefault("teacher", time.time() - t0)
     job.save()
     if not job.state.references_logged:
-        pairs = val_pairs(data_ref(job.spec), job.spec.data.scale)
-        log_reference_runs(job.tracker, job.exp_id, job.parent, teacher, pairs, scale=job.spec.data.scale)
+        data = data_ref(job.spec)
+        pairs = val_pairs(data, job.spec.data.scale)
+        scores = log_reference_runs(
+            job.tracker, job.exp_id, job.parent, teacher, pairs, scale=job.spec.data.scale, data=data
+        )
+        note = fallback_note(job.spec, scores)
+        if note:
+            print(note, flush=True)
         job.state.references_logged = True
         job.save()
     return teacher

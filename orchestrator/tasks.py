@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from search_spaces import CSD_DIMS, JobSpec
 from sr.csd_train import CSDConfig
+from sr.data import eval_image_files, list_images, resolve_train_sources
 from sr.distill import KDConfig
 from sr.models import family_of
 from sr.prune import PruneConfig
@@ -40,12 +41,15 @@ class ModelRef:
 
 @dataclass(frozen=True)
 class DataRef:
-    """Where a worker finds its images: training sources, the validation set (None: built-in pairs), the cache."""
+    """Where a worker finds its images: training sources, the validation set (None: built-in pairs; ``val_first``:
+    its first n images), the test sets reported at the end (never selected on), the cache."""
 
     train: tuple[str, ...] | None
     val: str | None
     skip_bad: bool = False
     cache_dir: str | None = None  # teacher-output cache shared by every trial (KD only)
+    val_first: int | None = None
+    test: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -115,9 +119,36 @@ def teacher_ref(spec: JobSpec, weights: str | None) -> ModelRef:
     return ModelRef(spec.teacher.arch, {**spec.teacher.set, "scale": spec.data.scale}, weights)
 
 
+def train_paths(spec: JobSpec) -> tuple[str, ...] | None:
+    """The training sources: ``data.train``, with a folder that holds held-out validation images (``val_first``)
+    listed file by file without them, so that no validation image is ever trained on."""
+    d = spec.data
+    if d.train is None:
+        return None
+    if d.val is None or d.val_first is None:
+        return tuple(str(t) for t in d.train)
+    held = set(eval_image_files(d.val, d.val_first))
+    out: list[str] = []
+    for src in resolve_train_sources(list(d.train)):
+        assert isinstance(src, Path)  # a listed path resolves to a path (only None gives built-in arrays)
+        files = [f.resolve() for f in list_images(src)] if src.is_dir() else [src.resolve()]
+        if src.is_dir() and not held & set(files):
+            out.append(str(src))
+        else:
+            out.extend(str(f) for f in files if f not in held)
+    return tuple(out)
+
+
 def data_ref(spec: JobSpec, *, cache_dir: str | None = None) -> DataRef:
-    train = None if spec.data.train is None else tuple(str(t) for t in spec.data.train)
-    return DataRef(train=train, val=spec.data.val, skip_bad=spec.data.skip_bad, cache_dir=cache_dir)
+    d = spec.data
+    return DataRef(
+        train=train_paths(spec),
+        val=d.val,
+        skip_bad=d.skip_bad,
+        cache_dir=cache_dir,
+        val_first=d.val_first if d.val else None,
+        test=tuple(d.test or ()),
+    )
 
 
 def threads_per_worker(spec: JobSpec) -> int:

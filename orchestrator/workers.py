@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -35,7 +36,7 @@ from sr import stages
 from sr._train import unwrap
 from sr.data import fallback_eval_pairs, load_eval_pairs, resolve_train_sources
 from sr.distill import KDConfig
-from sr.evaluate import super_resolve
+from sr.evaluate import evaluate_bicubic, evaluate_model, super_resolve
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,47 @@ def patch_datasets(data: DataRef, kd: KDConfig) -> Any:
 
 def val_pairs(data: DataRef, scale: int) -> list:
     if data.val:
-        return load_eval_pairs(data.val, scale, skip_bad=data.skip_bad)
+        return load_eval_pairs(data.val, scale, skip_bad=data.skip_bad, first=data.val_first)
     return fallback_eval_pairs(scale)
+
+
+def set_name(path: str) -> str:
+    """A test set's name in metric keys: its folder (``.../Set5/HR`` -> ``Set5``), MLflow-safe."""
+    p = Path(path)
+    name = p.parent.name if p.name == "HR" else p.name
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "test"
+
+
+def test_sets(data: DataRef, scale: int) -> list[tuple[str, list]]:
+    """``(name, pairs)`` of each test set (reported, never selected on); empty without ``data.test``."""
+    return [(set_name(t), load_eval_pairs(t, scale, skip_bad=data.skip_bad)) for t in data.test]
+
+
+def test_metrics(model: torch.nn.Module | None, data: DataRef, scale: int, val: list | None) -> dict[str, float]:
+    """Final figures of ``model`` (None: bicubic upsampling) beside the validation ones.
+
+    ``test_psnr_y_<set>``/``test_ssim_y_<set>`` per test set, ``test_psnr_y``/``test_ssim_y`` of the first one,
+    and ``vs_bicubic_db``: the PSNR_Y gain over bicubic on the first test set (on the validation set ``val``
+    when there is no test set).
+    """
+    out: dict[str, float] = {}
+    sets = test_sets(data, scale)
+    dev = next(model.parameters()).device if model is not None else "cpu"
+    for i, (name, pairs) in enumerate(sets):
+        res = (
+            evaluate_bicubic(pairs, scale=scale)
+            if model is None
+            else evaluate_model(model, pairs, scale=scale, device=dev)
+        )
+        out[f"test_psnr_y_{name}"], out[f"test_ssim_y_{name}"] = res.psnr_y, res.ssim_y
+        if i == 0:
+            out["test_psnr_y"], out["test_ssim_y"] = res.psnr_y, res.ssim_y
+    if model is not None:
+        pairs = sets[0][1] if sets else (val or [])
+        if pairs:
+            mine = out["test_psnr_y"] if sets else evaluate_model(model, pairs, scale=scale, device=dev).psnr_y
+            out["vs_bicubic_db"] = mine - evaluate_bicubic(pairs, scale=scale).psnr_y
+    return out
 
 
 def _restore_checkpoint(local_root: Path) -> tuple[Path | None, int]:
@@ -197,7 +237,11 @@ def kd_worker(config: dict[str, Any]) -> None:
         wrap=lambda m: _prepare(m, world),
     )
     if rank == 0 and task.tracking is not None:
-        log_final_artifacts(task, unwrap(result.model), pairs)
+        model = unwrap(result.model)
+        # Test figures once, at the end: reported beside the validation objective, never selected on.
+        final = test_metrics(model, data, kd.scale, pairs)
+        Tracker(task.tracking.uri).log_metrics(task.tracking.run_id, final, step=kd.steps)
+        log_final_artifacts(task, model, pairs)
     shutil.rmtree(local, ignore_errors=True)
 
 

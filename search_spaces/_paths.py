@@ -43,8 +43,9 @@ def check_paths(spec: JobSpec, spec_path: str | Path | None = None) -> JobSpec:
     - ``teacher.weights`` must be a file; when it is missing and ``teacher.if_missing`` is ``train``, the result
       has ``weights: None`` (train ``teacher.fallback.arch`` or ``teacher.arch`` briefly) and, for a different
       fallback arch, no knob overrides.
-    - ``data.train`` / ``data.val`` must exist and hold images; when any is missing and ``data.if_missing`` is
-      ``builtin``, it becomes None (the scikit-image sample images). A path that exists but holds no images is
+    - ``data.train`` / ``data.val`` / ``data.test`` must exist and hold images; when any is missing and
+      ``data.if_missing`` is ``builtin``, it becomes None (train, val: the scikit-image sample images; test: no
+      test set, the figures are then the validation ones). A path that exists but holds no images is
       an error either way. URIs are not checked.
 
     Args:
@@ -92,12 +93,13 @@ def check_paths(spec: JobSpec, spec_path: str | Path | None = None) -> JobSpec:
     data = spec.data
     exts = _image_extensions()
     update_data: dict[str, Any] = {}
-    for key, paths in (("data.train", data.train), ("data.val", [data.val] if data.val else None)):
+    listed = (("data.train", data.train), ("data.val", [data.val] if data.val else None), ("data.test", data.test))
+    for key, paths in listed:
         if not paths:
             continue
         missing = []
         for i, p in enumerate(paths):
-            item_key = f"{key}[{i}]" if key == "data.train" else key
+            item_key = key if key == "data.val" else f"{key}[{i}]"
             if is_uri(p):
                 continue
             pp = Path(p)
@@ -118,7 +120,12 @@ def check_paths(spec: JobSpec, spec_path: str | Path | None = None) -> JobSpec:
                 key,
                 ", ".join(p for _, p in missing),
             )
-            update_data[key.split(".")[1]] = None
+            gone = {p for _, p in missing}
+            # A test list keeps the sets that are present (Set5 without Set14); the others fall back as a whole.
+            kept = [p for p in paths if p not in gone] if key == "data.test" else []
+            update_data[key.split(".")[1]] = kept or None
+            if key == "data.val":
+                update_data["val_first"] = None  # the built-in eval images are already disjoint from training
     out = spec
     if teacher is not spec.teacher or update_data:
         out = spec.model_copy(

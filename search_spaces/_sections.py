@@ -41,17 +41,45 @@ class TeacherSpec(SpecModel):
     fallback: TeacherFallback = Field(default_factory=TeacherFallback)
 
 
+LAP_WEIGHTINGS = ("authors", "flat", "normalized")  # sr.losses.LAP_WEIGHTINGS (sr.losses imports torch)
+_LapName = Literal["authors", "flat", "normalized"]
+
+
+class LapChoice(SpecModel):
+    """A searched level weighting: ``{choices: [flat, normalized]}``."""
+
+    choices: list[_LapName] = Field(min_length=1, description="the weightings to choose from")
+
+
+def _lap_shape(value: Any) -> Any:
+    if isinstance(value, str | dict | LapChoice):
+        return value
+    raise ValueError(
+        f"expected one of {', '.join(LAP_WEIGHTINGS)} or {{choices: [...]}}, got {value!r}; write one of those"
+    )
+
+
+# The Laplacian level weighting: a fixed name or a categorical choice of names.
+LapDim = Annotated[_LapName | LapChoice, BeforeValidator(_lap_shape)]
+
+
 class KDSpace(SpecModel):
     """Distillation weights and learning rate: each a fixed number or a range to search.
 
     The loss is ``w_gt * L1(S, HR) + w_lap * Lap(S, T) + w_hf * Lap(S - G(S), T - G(T))`` (the authors' code:
-    w_gt 0.1, w_lap 1, w_hf 1).
+    w_gt 0.1, w_lap 1, w_hf 1). ``lap_weighting`` sets the weights of the pyramid's levels inside ``Lap``:
+    ``authors`` (2^i, the authors' code), ``flat`` or ``normalized`` (the default: the best of
+    ``bench/kd_quality.py``, BENCHMARKS.md ``kd_quality``); a fixed name or ``{choices: [...]}`` to search.
     """
 
     w_gt: NumDim = Field(0.1, description="weight of the ground-truth L1 term")
     w_lap: NumDim = Field(1.0, description="weight of the Laplacian-pyramid term Lap(S, T)")
     w_hf: NumDim = Field(1.0, description="weight of the high-frequency term Lap(S - blur S, T - blur T)")
     lr: NumDim | None = Field(None, description="learning rate; null = training.lr")
+    lap_weighting: LapDim = Field(
+        "normalized",
+        description="level weights of the Laplacian terms: authors (2^i), flat, normalized, or {choices: [...]}",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> KDSpace:
@@ -162,13 +190,33 @@ class CacheSpec(SpecModel):
     n_patches: int = Field(2048, ge=1, description="patches in the pool")
 
 
+def _norm(path: str) -> str:
+    return path.rstrip("/").removesuffix("/HR")
+
+
 class DataSpec(SpecModel):
-    """Training and validation images and how patches are cut."""
+    """Training, validation and test images and how patches are cut.
+
+    ``val`` selects models (what trials report as the objective, what ASHA and Optuna read); ``test`` sets are
+    only reported (``test_psnr_y`` at the end of each trial), never used to select. With ``val_first: N`` the
+    validation set is the first N images (by file name) of ``val``, and those images are left out of any
+    ``train`` folder that holds them: a deterministic held-out split of the training images.
+    """
 
     train: list[InputPath] | None = Field(
         None, min_length=1, description="folders/images (DIV2K root ok); null = scikit-image sample images"
     )
-    val: InputPath | None = Field(None, description="benchmark folder (e.g. Set5); null = scikit-image images")
+    val: InputPath | None = Field(
+        None, description="validation folder (model selection); null = scikit-image eval images"
+    )
+    val_first: int | None = Field(
+        None, ge=1, description="validate on the first n images of val only, and train on none of them"
+    )
+    test: list[InputPath] | None = Field(
+        None,
+        min_length=1,
+        description="benchmark folders reported at the end of each trial (e.g. Set5); never selected on",
+    )
     if_missing: Literal["error", "builtin"] = Field(
         "error", description="when a listed path does not exist: error, or use the built-in images instead"
     )
@@ -194,10 +242,30 @@ class DataSpec(SpecModel):
     def _default_patch(cls, data: Any) -> Any:
         if isinstance(data, dict) and data.get("hr_patch") is None and data.get("patch_sizes") is None:
             data = {**data, "hr_patch": 96}
+        if isinstance(data, dict) and isinstance(data.get("test"), str):
+            data = {**data, "test": [data["test"]]}  # one test set may be written as a plain path
         return data
+
+    def _check_splits(self) -> None:
+        if self.val_first is not None and self.val is None:
+            raise KeyedError("val_first", "needs data.val (the folder to take the images from); set val or drop it")
+        train = {_norm(t) for t in self.train or []}
+        if self.val is not None and self.val_first is None and _norm(self.val) in train:
+            raise KeyedError(
+                "val",
+                f"{self.val} is also a training folder, so validation would score trained images; set data.val_first: "
+                "N to hold out its first N images, or validate on another folder",
+            )
+        for i, t in enumerate(self.test or []):
+            if _norm(t) in train or (self.val is not None and _norm(t) == _norm(self.val)):
+                raise KeyedError(
+                    f"test[{i}]",
+                    f"{t} is also a training or validation folder; a test set must be held out, so use another",
+                )
 
     @model_validator(mode="after")
     def _check(self) -> DataSpec:
+        self._check_splits()
         if self.hr_patch is not None and self.patch_sizes is not None:
             raise KeyedError("patch_sizes", "give hr_patch or patch_sizes, not both; drop one")
         sizes = [("hr_patch", self.hr_patch)] if self.patch_sizes is None else []

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from sr.budget import Budget
 
 ARCH_DIMS = ("C", "L", "B")
-KD_DIMS = ("w_gt", "w_lap", "w_hf", "lr")
+KD_DIMS = ("w_gt", "w_lap", "w_hf", "lr", "lap_weighting")
 CSD_DIMS = ("width", "lambda_c", "lambda_t")  # CSD's sampled settings (student.method: csd)
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "fallback_eval_pairs",
     "image_to_tensor",
     "list_images",
+    "eval_image_files",
     "load_eval_pairs",
     "read_image",
     "resolve_train_sources",
@@ -233,8 +234,9 @@ def load_eval_pairs(
     *,
     lr_source: LRSource = "auto",
     skip_bad: bool = False,
+    first: int | None = None,
 ) -> list[EvalPair]:
-    """Load every (LR, HR) pair of an evaluation set.
+    """Load every (LR, HR) pair of an evaluation set (or its ``first`` images by file name).
 
     Args:
         root: a benchmark folder (``HR`` + ``LR_bicubic``), a DIV2K/Flickr2K root or ``*_HR`` folder, or a plain
@@ -245,6 +247,8 @@ def load_eval_pairs(
             ``"auto"`` uses the shipped folder when ``X{scale}`` exists, else generates. One source per set,
             never a mix.
         skip_bad: warn about and skip unreadable or mismatched files instead of raising.
+        first: only the first ``first`` HR files by name (a deterministic held-out split, see
+            :func:`eval_image_files`); None = all.
 
     Returns:
         Pairs sorted by HR file name; HR is cropped to exactly ``scale x`` the LR size.
@@ -268,7 +272,7 @@ def load_eval_pairs(
     use_shipped = has_lr and lr_source != "generated"
 
     pairs: list[EvalPair] = []
-    for hr_path in list_images(hr_dir):
+    for hr_path in list_images(hr_dir)[:first]:
         try:
             pairs.append(_load_pair(hr_path, lr_dir if use_shipped else None, scale))
         except DataError as err:
@@ -278,6 +282,12 @@ def load_eval_pairs(
     if not pairs:
         raise DataError(f"no usable images in {hr_dir}: every file was skipped; fix or replace them")
     return pairs
+
+
+def eval_image_files(root: str | Path, first: int | None = None) -> list[Path]:
+    """The HR files :func:`load_eval_pairs` reads from ``root`` (its ``first`` ones by name), resolved."""
+    hr_dir, _ = _find_hr_dir(Path(root), prefer="valid")
+    return [p.resolve() for p in list_images(hr_dir)[:first]]
 
 
 def _load_pair(hr_path: Path, lr_dir: Path | None, scale: int) -> EvalPair:

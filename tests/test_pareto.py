@@ -354,3 +354,18 @@ def test_pareto_mask_scales_to_many_points():
         sweep[i] = pts[i, 1] < best
         best = min(best, pts[i, 1])
     np.testing.assert_array_equal(mask, sweep)
+
+
+def test_vs_bicubic_uses_one_set_for_every_row():
+    """vs_bicubic_db is measured on the test set when the job has one (a trial without a test figure gets none,
+    never a validation gain), else on the validation set; below_bicubic follows its sign."""
+    from orchestrator.results.pareto import with_vs_bicubic
+
+    df = pd.DataFrame({"run_id": ["a", "b", "c"], "psnr_y": [33.5, 32.0, 34.0], "test_psnr_y": [34.0, np.nan, 33.0]})
+    ref = {"kind": "bicubic", "parent_run_id": "p", "psnr_y": 33.0, "test_psnr_y": 33.6}
+    out = with_vs_bicubic(df, pd.DataFrame([ref]), "p")
+    assert out["vs_bicubic_db"].round(3).tolist()[0::2] == [0.4, -0.6] and np.isnan(out["vs_bicubic_db"][1])
+    assert out["below_bicubic"].tolist()[0::2] == [False, True] and out["below_bicubic"].isna()[1]
+    no_test = with_vs_bicubic(df, pd.DataFrame([{**ref, "test_psnr_y": np.nan}]), "p")
+    assert no_test["vs_bicubic_db"].round(3).tolist() == [0.5, -1.0, 1.0]
+    assert with_vs_bicubic(df, None)["below_bicubic"].isna().all()  # no reference run: unknown, not False

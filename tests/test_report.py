@@ -152,3 +152,44 @@ def test_report_renders_in_headless_chromium(store, tmp_path):
     img = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert img.shape == (1600, 1200)
     assert img.std() > 10  # not a blank page: text, tables and figures drew
+
+
+def test_report_marks_models_below_bicubic_and_draws_bicubic_at_zero_cost(tmp_path):
+    """A model below bicubic (which has no parameters, so dominates it) is marked in the front table; test figures
+    sit beside validation ones; bicubic is a labelled zero-cost point."""
+    from orchestrator.results.pareto import with_vs_bicubic
+
+    df = pd.DataFrame(
+        {
+            "run_id": ["r1", "r2"],
+            "run_name": ["x_C8", "x_C32"],
+            "status": ["completed", "completed"],
+            "scale": [2, 2],
+            "psnr_y": [32.5, 34.9],
+            "test_psnr_y": [33.1, 35.2],
+            "params": [10_000, 90_000],
+            "macs_720p": [1e9, 9e9],
+        }
+    )
+    refs = pd.DataFrame(
+        {
+            "kind": ["bicubic"],
+            "run_id": ["b"],
+            "run_name": ["bicubic_x2"],
+            "parent_run_id": [None],
+            "psnr_y": [33.0],
+            "ssim_y": [0.9],
+            "test_psnr_y": [33.6],
+            "test_ssim_y": [0.93],
+            "params": [0.0],
+            "macs_720p": [0.0],
+            "latency_ms": [np.nan],
+        }
+    )
+    df = with_vs_bicubic(df, refs)
+    assert df["vs_bicubic_db"].round(3).tolist() == [-0.5, 1.6]  # on the test set, not validation
+    assert df["below_bicubic"].tolist() == [True, False]
+    files = write_report(df, tmp_path / "r.html", objectives="psnr_y:max,macs_720p:min", references=refs)
+    text = files.html.read_text()
+    assert text.count("below bicubic</b>") == 1 and "+1.600" in text and "-0.500" in text
+    assert "test PSNR_Y (dB)" in text and "33.600" in text  # the bicubic reference's test figure

@@ -66,3 +66,17 @@ def test_smallest_and_clamp() -> None:
     assert smallest(arch) == {"C": 8, "L": 1, "scale": 2}  # architecture at its low end; KD ranges dropped
     assert clamp_to_space({"C": 21, "B": 3, "w_gt": 5.0}, space) == {"C": 24, "w_gt": 1.0}
     assert clamp_to_space({"C": 100}, space) == {"C": 32}
+
+
+def test_lap_weighting_is_a_categorical_kd_dimension(tmp_path):
+    """kd_space.lap_weighting: fixed (the default: normalized) or searched ({choices}); the cdism specs keep the
+    authors' weighting for a faithful reproduction."""
+    assert "lap_weighting" in KD_DIMS
+    assert job_space(load_job_spec(search_spaces.path("demo")))["lap_weighting"] == "normalized"
+    for name in ("edsr_cdism", "swinir_cdism"):
+        assert job_space(load_job_spec(search_spaces.path(name)))["lap_weighting"] == "authors"
+    space = {"lap_weighting": {"choices": ["flat", "normalized"]}, "w_gt": 0.1}
+    assert suggest(optuna.trial.FixedTrial({"lap_weighting": "flat"}), space)["lap_weighting"] == "flat"
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = {suggest(study.ask(), space)["lap_weighting"] for _ in range(12)}
+    assert seen == {"flat", "normalized"}

@@ -76,8 +76,11 @@ def test_demo_is_small_and_budgeted() -> None:
     assert spec.name == "demo"  # `srcompress pareto --experiment demo` after `make demo`
     # The budget cuts the space: its largest configs are infeasible, the paper-rule seed (C24 L1 B8) is not.
     assert spec.budgets.max_params == 120_000
-    assert spec.student.space["C"] == Range(low=8, high=32, step=8)
-    assert spec.training.steps <= 300 and spec.search.num_samples <= 8
+    assert spec.student.space["C"] == Range(low=16, high=32, step=8)  # no C=8 student: near bicubic at 500 steps
+    assert spec.training.steps <= 500 and spec.search.num_samples <= 8
+    # the level weighting the kd_quality benchmark found best, and a held-out validation split + a test set
+    assert spec.student.kd_space.lap_weighting == "normalized"
+    assert spec.data.val_first == 10 and spec.data.test is not None and len(spec.data.test) == 1
     assert spec.resources.use_gpu is False and spec.resources.workers_per_trial == 1
     assert spec.data.cache.enabled and spec.data.hr_patch % 16 == 0
 
@@ -88,7 +91,7 @@ def test_demo_falls_back_without_shared(tmp_path: Path, monkeypatch: pytest.Monk
     assert spec.teacher.weights == str(tmp_path / "absent" / "weights" / "IMDN_x2.pth")
     run = check_paths(spec)
     assert run.teacher.weights is None and run.teacher.arch == "imdn"
-    assert run.data.train is None and run.data.val is None
+    assert run.data.train is None and run.data.val is None and run.data.test is None
     assert spec.teacher.weights is not None  # the input spec is unchanged (frozen)
 
 
@@ -96,7 +99,8 @@ def test_demo_uses_shared_when_present(imdn_x2_weights: Path, t91_dir: Path, set
     run = check_paths(load_job_spec(search_spaces.path("demo")))
     assert Path(run.teacher.weights).samefile(imdn_x2_weights)
     assert run.data.train is not None and Path(run.data.train[0]).samefile(t91_dir)
-    assert Path(run.data.val).samefile(set5_dir)
+    assert Path(run.data.val).samefile(t91_dir.parent / "BSDS200") and run.data.val_first == 10
+    assert run.data.test is not None and Path(run.data.test[0]).samefile(set5_dir)  # Set5: test only
 
 
 @pytest.mark.parametrize("name", ["edsr_cdism", "swinir_cdism", "imdn_cdism"])
@@ -192,6 +196,22 @@ MALFORMED = [
     ),
     _case("missing-section", "name: x\nstudent: {arch: edsr_mini}\n", "teacher", "name:", "missing"),
     _case("duplicate-key", BASE + "seed: 1\nseed: 2\n", "seed", "seed: 2", "duplicate"),
+    _case(
+        "val-is-train",
+        BASE + "data:\n  train: [a, b]\n  val: b\n",
+        "data.val",
+        "val: b",
+        "val_first",
+    ),
+    _case("val-first-no-val", BASE + "data:\n  val_first: 3\n", "data.val_first", "val_first", "needs data.val"),
+    _case("test-is-train", BASE + "data:\n  train: [a]\n  test: [s5, a]\n", "data.test[1]", "test:", "held out"),
+    _case(
+        "lap-weighting",
+        BASE.replace("student:\n  arch: edsr_mini", "student:\n  arch: edsr_mini\n  kd_space: {lap_weighting: flatt}"),
+        "student.kd_space.lap_weighting",
+        "lap_weighting",
+        "normalized",
+    ),
     _case(
         "scale-mismatch",
         BASE.replace("  arch: edsr_baseline", "  arch: edsr_baseline\n  scale: 3"),
@@ -358,12 +378,17 @@ def test_check_paths_accepts_images_and_weights(tmp_path: Path) -> None:
 
     (tmp_path / "imgs" / "HR").mkdir(parents=True)  # DIV2K-style root: images one level down
     Image.new("RGB", (32, 32)).save(tmp_path / "imgs" / "HR" / "a.png")
+    (tmp_path / "bench").mkdir()
+    Image.new("RGB", (32, 32)).save(tmp_path / "bench" / "b.png")
+    (tmp_path / "testset").mkdir()
+    Image.new("RGB", (32, 32)).save(tmp_path / "testset" / "c.png")
     (tmp_path / "t.pth").write_bytes(b"x")
     text = BASE.replace("arch: edsr_baseline", "arch: edsr_baseline\n  weights: t.pth") + (
-        "data:\n  train: [imgs]\n  val: imgs/HR\n"
+        "data:\n  train: [imgs]\n  val: bench\n  test: testset\n"
     )
     spec = load_job_spec(_write(tmp_path, text))
     assert check_paths(spec) == spec
+    assert spec.data.test == [str(tmp_path / "testset")]  # one path is a list of one test set
 
 
 def test_fallback_teacher_arch_drops_overrides(tmp_path: Path) -> None:

@@ -175,6 +175,9 @@ def pareto(
             "arch": r.get("arch") or "",
             "C/L/B": "/".join("-" if r.get(k) is None else str(r[k]) for k in ("C", "L", "B")),
             "PSNR_Y": "-" if r.get("psnr_y") is None else f"{r['psnr_y']:.3f}",
+            "test PSNR_Y": "-" if r.get("test_psnr_y") is None else f"{r['test_psnr_y']:.3f}",
+            "vs bicubic dB": ("-" if r.get("vs_bicubic_db") is None else f"{r['vs_bicubic_db']:+.3f}")
+            + (" below bicubic" if r.get("below_bicubic") else ""),
             "params": _fmt_int(r.get("params")),
             "MACs 720p": _fmt_g(r.get("macs_720p")),
             "latency ms": "-" if r.get("latency_ms") is None else f"{r['latency_ms']:.1f} ({r.get('latency_device')})",
@@ -183,7 +186,9 @@ def pareto(
         }
         for i, r in enumerate(rows)
     ]
-    extra = [n for n, _ in objs if n not in ("psnr_y", "macs_720p", "params", "latency_ms")]
+    extra = [
+        n for n, _ in objs if n not in ("psnr_y", "test_psnr_y", "vs_bicubic_db", "macs_720p", "params", "latency_ms")
+    ]
     for r, t in zip(rows, table, strict=True):
         for n in extra:
             t[n] = "-" if r.get(n) is None else f"{r[n]:g}"

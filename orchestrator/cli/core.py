@@ -265,13 +265,6 @@ def run(
         raise typer.Exit(FAILED_TRIALS_EXIT)
 
 
-def _missing(value: Any) -> bool:
-    """None, NaN or pandas' NA (a comparison with NA is NA, whose truth value raises)."""
-    import pandas as pd  # deferred: pandas is only needed to print a job's summary
-
-    return value is None or bool(pd.isna(value))
-
-
 def print_summary(summary: dict[str, Any]) -> None:
     counts = summary.get("counts", {})
     front = summary.get("front")
@@ -290,18 +283,40 @@ def print_summary(summary: dict[str, Any]) -> None:
     front_ids = set(front["run_id"]) if front is not None and len(front) else set()
     rows = []
     for _, r in trials.sort_values("psnr_y", ascending=False, na_position="last").iterrows():
-        psnr, ssim = r.get("psnr_y"), r.get("ssim_y")
         rows.append(
             {
                 "front": "*" if r["run_id"] in front_ids else "",
                 "trial": r.get("run_name", ""),
                 "status": r.get("status", ""),
                 "paper rule": "yes" if r.get("paper_rule") is True else "",
-                "PSNR_Y": "-" if _missing(psnr) else f"{psnr:.3f}",
-                "SSIM_Y": "-" if _missing(ssim) else f"{ssim:.4f}",
-                "params": "-" if _missing(r.get("params")) else _fmt_int(int(r["params"])),
-                "MACs 720p": "-" if _missing(r.get("macs_720p")) else _fmt_g(r["macs_720p"]),
+                "val PSNR_Y": _num(r.get("psnr_y"), ".3f"),
+                "val SSIM_Y": _num(r.get("ssim_y"), ".4f"),
+                "test PSNR_Y": _num(r.get("test_psnr_y"), ".3f"),
+                "vs bicubic dB": _num(r.get("vs_bicubic_db"), "+.3f")
+                + (" below bicubic" if r.get("below_bicubic") is True else ""),
+                "params": "-" if _num(r.get("params"), "d") == "-" else _fmt_int(int(r["params"])),
+                "MACs 720p": "-" if _num(r.get("macs_720p"), "g") == "-" else _fmt_g(r.get("macs_720p")),
                 "run id": r.get("run_id", ""),
             }
         )
-    _print_table(rows, list(rows[0]), title="Trials (* = Pareto front, PSNR_Y vs MACs; infeasible ones never trained)")
+    _print_table(
+        rows,
+        list(rows[0]),
+        title="Trials (* = Pareto front, validation PSNR_Y vs MACs; test = reported only; vs bicubic on the test "
+        "set, else the validation set; infeasible ones never trained)",
+    )
+    below = [r["trial"] for r in rows if r["front"] and "below" in r["vs bicubic dB"]]
+    if below:
+        print(
+            f"[srcompress] warning: {len(below)} front model(s) score below bicubic upsampling, which has no "
+            f"parameters and so dominates them: {', '.join(map(str, below))}; train longer (training.steps) or "
+            "widen the space"
+        )
+
+
+def _num(v: Any, fmt: str) -> str:
+    """A metric for a table cell: ``-`` when missing (None, NA or NaN)."""
+    try:
+        return "-" if v is None or v != v else format(int(v) if fmt == "d" else float(v), fmt)
+    except TypeError:  # pandas NA (a failed trial has no params)
+        return "-"

@@ -71,27 +71,36 @@ def _tradeoff_figure(
     published_x: dict[str, float | None],
     title: str,
 ) -> Any:
-    """PSNR_Y against one cost (log x): trials, their 2-D front as a step line, references, infeasible strip."""
+    """PSNR_Y against one cost (log x): trials, their 2-D front as a step line, references, infeasible strip.
+
+    With test figures the points sit at their test PSNR_Y (comparable with the published Set5 points) while the
+    front is still the one chosen on the validation PSNR_Y.
+    """
     fig, ax = _new_axes((7.4, 4.6))
     x = _num(df, x_col) / x_div
-    y = _num(df, "psnr_y")
+    y_sel = _num(df, "psnr_y")
+    on_test = "test_psnr_y" in df.columns and bool(np.isfinite(_num(df, "test_psnr_y")).any())
+    y = _num(df, "test_psnr_y") if on_test else y_sel
+    y_col = "test_psnr_y" if on_test else "psnr_y"
     status = df["status"].astype("string").fillna("running").to_numpy() if "status" in df else np.array([])
     # The draw order below fixes the legend's order.
-    xs_all, ys_all = _draw_trials(ax, x, y, status, in_budget)
-    _draw_references(ax, references, x_col=x_col, x_div=x_div, xs_all=xs_all, ys_all=ys_all)
+    xs_all, ys_all = _draw_trials(ax, x, y, status, in_budget, y_sel=y_sel)
+    _draw_references(ax, references, x_col=x_col, x_div=x_div, xs_all=xs_all, ys_all=ys_all, y_col=y_col)
     labels = _draw_published(ax, published, published_x, xs_all=xs_all, ys_all=ys_all)
     _draw_budget(ax, budget, x_div=x_div, xs_all=xs_all)
     _draw_infeasible(ax, x, status, xs_all=xs_all)
     _finish_axes(ax, xs_all, ys_all, x_label=x_label, x_unit_fmt=x_unit_fmt, title=title)
+    ax.set_ylabel(f"PSNR_Y on the {'test' if on_test else 'validation'} set (dB)")
     _place_labels(ax, labels, color=_C_PUBLISHED)
     return fig
 
 
 def _draw_trials(
-    ax: Any, x: np.ndarray, y: np.ndarray, status: np.ndarray, in_budget: np.ndarray
+    ax: Any, x: np.ndarray, y: np.ndarray, status: np.ndarray, in_budget: np.ndarray, *, y_sel: np.ndarray
 ) -> tuple[list[float], list[float]]:
-    """Trained trials and the step line of their front; returns the x and y values drawn (for the limits)."""
-    good = np.isin(status, GOOD_STATUSES) & np.isfinite(x) & (x > 0) & np.isfinite(y)
+    """Trained trials (at ``y``) and the step line of their front (chosen on ``y_sel``, the validation PSNR);
+    returns the x and y values drawn (for the limits)."""
+    good = np.isin(status, GOOD_STATUSES) & np.isfinite(x) & (x > 0) & np.isfinite(y) & np.isfinite(y_sel)
     ys_all: list[float] = list(y[good])
     xs_all: list[float] = list(x[good])
 
@@ -104,7 +113,7 @@ def _draw_trials(
     cand = good & in_budget
     if cand.any():
         pts = np.column_stack([y[cand], x[cand]])
-        front = pts[pareto_mask(pts, ("max", "min"))]
+        front = pts[pareto_mask(np.column_stack([y_sel[cand], x[cand]]), ("max", "min"))]
         front = front[np.lexsort((front[:, 0], front[:, 1]))]
         ax.step(front[:, 1], front[:, 0], where="post", color=_C_FRONT, lw=1.6, zorder=4)
         ax.scatter(
@@ -128,19 +137,36 @@ def _draw_references(
     x_div: float,
     xs_all: list[float],
     ys_all: list[float],
+    y_col: str = "psnr_y",
 ) -> None:
     """The teacher as a star; bicubic (or a reference without this cost) as a dashed horizontal line."""
     if references is None or not len(references):
         return
     for _, r in references.iterrows():
-        ry, rx = r.get("psnr_y"), r.get(x_col)
+        ry, rx = r.get(y_col), r.get(x_col)
         if ry is None or not np.isfinite(ry):
             continue
         ys_all.append(float(ry))
         if r["kind"] == "bicubic" or rx is None or not np.isfinite(rx) or rx <= 0:
             ax.axhline(float(ry), color=_C_BICUBIC, ls="--", lw=1.0, zorder=1)
+            if r["kind"] == "bicubic":
+                # A zero-cost model: its point belongs at x = 0, the left edge of the (log) axis. Every trial below
+                # the line is dominated by it.
+                ax.scatter(
+                    [0.0],
+                    [float(ry)],
+                    marker="D",
+                    s=50,
+                    color=_C_BICUBIC,
+                    edgecolors="black",
+                    linewidths=0.6,
+                    zorder=6,
+                    clip_on=False,
+                    transform=ax.get_yaxis_transform(),
+                    label="bicubic (0 params, 0 MACs; left edge)",
+                )
             ax.annotate(
-                f"{r['kind']} {ry:.2f} dB",
+                f"{r['kind']} {ry:.2f} dB" + (" (0 params)" if r["kind"] == "bicubic" else ""),
                 xy=(1.0, float(ry)),
                 xycoords=("axes fraction", "data"),
                 xytext=(-4, 3),

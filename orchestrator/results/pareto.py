@@ -33,12 +33,21 @@ GOOD_STATUSES = ("completed", "stopped-early")
 REFERENCE_KINDS = ("teacher", "bicubic")
 
 # Columns of a trial row, by type. Integer-valued ones use pandas' nullable Int64 (a trial may lack them).
-_STR_PARAMS = ("family", "arch")
+_STR_PARAMS = ("family", "arch", "lap_weighting")
 _INT_PARAMS = ("C", "L", "B", "scale", "seed")
 _FLOAT_PARAMS = ("w_gt", "w_lap", "w_hf", "lr")
 _BOOL_PARAMS = ("paper_rule",)
 _INT_METRICS = ("params", "macs_720p", "macs_lr256")
-_FLOAT_METRICS = ("psnr_y", "ssim_y", "val_psnr_y", "latency_ms", "train_time_s")
+_FLOAT_METRICS = (
+    "psnr_y",
+    "ssim_y",
+    "val_psnr_y",
+    "test_psnr_y",
+    "test_ssim_y",
+    "vs_bicubic_db",
+    "latency_ms",
+    "train_time_s",
+)
 _STR_TAGS = ("latency_device", "model_uri")
 TRIAL_COLUMNS: tuple[str, ...] = (
     "run_id",
@@ -53,6 +62,7 @@ TRIAL_COLUMNS: tuple[str, ...] = (
     *_FLOAT_METRICS,
     *_INT_METRICS,
     *_STR_TAGS,
+    "below_bicubic",
     "pareto",
     "start_time_ms",
 )
@@ -63,10 +73,13 @@ REFERENCE_COLUMNS: tuple[str, ...] = (
     "parent_run_id",
     "psnr_y",
     "ssim_y",
+    "test_psnr_y",
+    "test_ssim_y",
     "params",
     "macs_720p",
     "latency_ms",
 )
+_REF_METRICS = ("psnr_y", "ssim_y", "test_psnr_y", "test_ssim_y", "params", "macs_720p", "latency_ms")
 
 
 # ------------------------------------------------------------------------------------------------- pure maths
@@ -280,7 +293,7 @@ def _typed_frame(rows: list[dict[str, Any]], columns: Sequence[str]) -> pd.DataF
             df[col] = num.round().astype("Int64")
         elif col in _FLOAT_PARAMS or col in _FLOAT_METRICS:
             df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
-        elif col in _BOOL_PARAMS or col == "pareto":
+        elif col in _BOOL_PARAMS or col in ("pareto", "below_bicubic"):
             df[col] = pd.array([_to_bool(v) for v in df[col]], dtype="boolean")
         elif col == "start_time_ms":
             df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
@@ -341,11 +354,11 @@ def query_references(tracker_or_uri: Tracker | str, experiment: str) -> pd.DataF
                 "run_id": r.info.run_id,
                 "run_name": r.info.run_name,
                 "parent_run_id": r.data.tags.get(PARENT_TAG),
-                **{k: m.get(k) for k in ("psnr_y", "ssim_y", "params", "macs_720p", "latency_ms")},
+                **{k: m.get(k) for k in _REF_METRICS},
             }
         )
     df = pd.DataFrame(rows, columns=list(REFERENCE_COLUMNS))
-    for col in ("psnr_y", "ssim_y", "params", "macs_720p", "latency_ms"):
+    for col in _REF_METRICS:
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
     return df
 
@@ -408,6 +421,10 @@ _FRONT_COLUMNS = (
     "scale",
     "psnr_y",
     "ssim_y",
+    "test_psnr_y",
+    "test_ssim_y",
+    "vs_bicubic_db",
+    "below_bicubic",
     "params",
     "macs_720p",
     "latency_ms",
@@ -469,6 +486,33 @@ def search_trials(tracker_or_uri: Tracker | str, experiment: str, parent_run_id:
     df = query_trials(tracker_or_uri, experiment)
     if parent_run_id is not None:
         df = df[df["parent_run_id"] == parent_run_id]
+    refs = query_references(tracker_or_uri, experiment) if len(df) else None
+    return with_vs_bicubic(df, refs, parent_run_id)
+
+
+def with_vs_bicubic(df: pd.DataFrame, refs: pd.DataFrame | None, parent_run_id: str | None = None) -> pd.DataFrame:
+    """``vs_bicubic_db`` (PSNR_Y gain over bicubic upsampling on the test set, else on the validation set) and
+    ``below_bicubic`` (True when it is < 0: bicubic, with no parameters, dominates the model).
+
+    A trial's own ``vs_bicubic_db`` metric (logged at the end of training) is kept; others are computed from the
+    search's bicubic reference run (``parent_run_id``'s, else the latest one).
+    """
+    df = df.copy()
+    if "vs_bicubic_db" not in df.columns:
+        df["vs_bicubic_db"] = np.nan
+    bic = refs[refs["kind"] == "bicubic"] if refs is not None and len(refs) else None
+    if bic is not None and parent_run_id is not None and (bic["parent_run_id"] == parent_run_id).any():
+        bic = bic[bic["parent_run_id"] == parent_run_id]
+    if bic is not None and len(bic):
+        ref = bic.iloc[-1]
+        # One set for every row: the test set when the job has one, else the validation set.
+        col = "test_psnr_y" if pd.notna(ref["test_psnr_y"]) else "psnr_y"
+        if col in df.columns and pd.notna(ref[col]):
+            gain = pd.to_numeric(df[col], errors="coerce") - float(ref[col])
+            df["vs_bicubic_db"] = df["vs_bicubic_db"].fillna(gain)
+    vs = pd.to_numeric(df["vs_bicubic_db"], errors="coerce").astype("float64")
+    df["vs_bicubic_db"] = vs
+    df["below_bicubic"] = pd.array([None if pd.isna(v) else bool(v < 0) for v in vs], dtype="boolean")
     return df
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: lap_weighting, test_psnr_y/test_ssim_y, vs_bicubic_db, below_bicubic
 
 TRIALS_SCHEMA: pa.Schema = pa.schema(
     [
@@ -35,10 +35,15 @@ TRIALS_SCHEMA: pa.Schema = pa.schema(
         pa.field("w_lap", pa.float64()),
         pa.field("w_hf", pa.float64()),
         pa.field("lr", pa.float64()),
+        pa.field("lap_weighting", pa.string()),  # Laplacian KD level weights: authors | flat | normalized
         pa.field("paper_rule", pa.bool_()),
-        pa.field("psnr_y", pa.float64()),  # dB, on the job's eval set
+        pa.field("psnr_y", pa.float64()),  # dB, on the validation set (the search objective)
         pa.field("ssim_y", pa.float64()),
         pa.field("val_psnr_y", pa.float64()),  # dB, last validation step
+        pa.field("test_psnr_y", pa.float64()),  # dB, on the first test set (reported, never selected on)
+        pa.field("test_ssim_y", pa.float64()),
+        pa.field("vs_bicubic_db", pa.float64()),  # test (else validation) PSNR_Y minus bicubic's on the same set
+        pa.field("below_bicubic", pa.bool_()),  # vs_bicubic_db < 0: bicubic (0 params) dominates the model
         pa.field("params", pa.int64()),
         pa.field("macs_720p", pa.int64()),  # MACs for a 1280x720 output
         pa.field("macs_lr256", pa.int64()),  # MACs for a 256x256 LR input
