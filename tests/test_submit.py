@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import socket
 import subprocess
@@ -37,6 +38,8 @@ def _tiny_spec(folder: Path, storage: Path, *, name: str = "tiny_submit") -> Pat
     d["teacher"]["fallback"]["steps"] = 10
     d["data"]["train"] = None
     d["data"]["val"] = None
+    d["data"].pop("val_first", None)  # the held-out split needs a validation folder
+    d["data"].pop("test", None)
     d["data"]["cache"]["n_patches"] = 32
     d["prune"]["steps"] = 5
     d["training"].update(steps=20, milestones=[10], val_every=10, log_every=10, ckpt_every=10)
@@ -108,7 +111,7 @@ def test_local_cluster_gets_the_shared_folder_the_spec_resolves_here(tmp_path: P
 
 def test_bad_spec_fails_before_contacting_the_cluster(tmp_path: Path, capsys) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text(DEMO.read_text().replace("num_samples: 6", "num_samples: -3"))
+    bad.write_text(re.sub(r"num_samples: \d+", "num_samples: -3", DEMO.read_text()))
     rc, out, err = _run_cli(capsys, "submit", str(bad), "--address", UNREACHABLE)
     print(err)
     assert rc == 2
@@ -273,8 +276,13 @@ def test_submit_tiny_demo_to_local_cluster(local_cluster, tmp_path: Path, capsys
     tracker = Tracker(default_tracking_uri(storage))  # tracking.uri null: sqlite:///<storage.path>/mlflow.db
     exp = tracker.find_experiment_id("tiny_submit")
     trials = [r for r in tracker.find_runs(exp) if r.data.tags.get(KIND_TAG) == "trial"]
-    assert len(trials) == 2
     assert {r.data.tags.get(STATUS_TAG) for r in trials} <= {"completed", "infeasible", "stopped-early"}
+    print(sorted((r.info.run_name, r.data.tags.get(STATUS_TAG)) for r in trials))
+    # num_samples = 2 Tune trials (the paper-rule seed may be over budget with the fallback teacher's density, and
+    # is then recorded infeasible); over-budget draws the searcher answered itself are extra runs named *_drawNNNNN.
+    tune_trials = [r for r in trials if "_draw" not in r.info.run_name]
+    assert len(tune_trials) == 2
+    assert any(r.data.tags.get(STATUS_TAG) == "completed" for r in tune_trials)
 
     rc, out, _ = _run_cli(capsys, "stop", job_id, "--address", address)
     assert rc == 0 and "already ended (SUCCEEDED)" in out
