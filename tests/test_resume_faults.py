@@ -150,7 +150,9 @@ def test_kill_ctrl_c_changed_spec_and_finished_resume_keep_exactly_n_trials(tiny
     refused with one line, and resuming the finished job trains and registers nothing new."""
     from mlflow.tracking import MlflowClient
 
-    n = 4
+    # 8 short trials, 2 at a time: when the Ctrl-C lands (after one more trial has finished), trials are still
+    # pending even on an idle machine, so the search is really interrupted (with 4, all could end first).
+    n = 8
     spec = tiny_job(**{"search.num_samples": n, "search.enqueue_paper_rule": False, "training.steps": 40})
     storage, env = tmp_path / "runs", _env(ray_tmp)
 
@@ -216,7 +218,7 @@ def test_kill_ctrl_c_changed_spec_and_finished_resume_keep_exactly_n_trials(tiny
     rc, err = _main_err(["run", str(spec), "--resume"])
     print(f"changed spec: exit {rc}: {err.strip()}")
     assert rc == 2 and err.count("\n") == 1 and "--allow-changed-spec" in err
-    assert "search.num_samples 4 -> 3" in err and "training.steps 40 -> 60" in err
+    assert f"search.num_samples {n} -> 3" in err and "training.steps 40 -> 60" in err
     spec.write_text(original)
     _assert_exactly(storage, n)
 
