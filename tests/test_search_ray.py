@@ -102,16 +102,18 @@ def test_searcher_answers_infeasible_draws_and_every_trial_trains(ray_local, tin
 def _kill_after_checkpoints(
     ckpt_glob: str, root: Path, min_checkpoints: int, killed: list[int], match: str, timeout_s: float = 120
 ) -> None:
-    """SIGKILL every process whose command line holds ``match`` once ``min_checkpoints`` exist under ``root``."""
+    """SIGKILL every descendant process whose command line holds ``match`` once ``min_checkpoints`` exist under ``root``."""
     end = time.time() + timeout_s
     while time.time() < end:
         ckpts = list(root.glob(ckpt_glob)) if root.exists() else []
         if len(ckpts) >= min_checkpoints:
-            for proc in psutil.process_iter(["pid", "cmdline"]):
-                cmd = " ".join(proc.info["cmdline"] or [])
-                if match in cmd and "TrainController" not in cmd:
-                    os.kill(proc.info["pid"], signal.SIGKILL)
-                    killed.append(proc.info["pid"])
+            # Only this test's own Ray (descendants of this process): other Ray clusters may share the machine.
+            for proc in psutil.Process().children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    cmd = " ".join(proc.cmdline())
+                    if match in cmd and "TrainController" not in cmd:
+                        os.kill(proc.pid, signal.SIGKILL)
+                        killed.append(proc.pid)
             if killed:
                 return
         time.sleep(0.2)
