@@ -33,7 +33,7 @@ from PIL import Image
 from orchestrator.tasks import DataRef, ModelRef, PruneTask, TrackingRef, TrialTask, task_record
 from orchestrator.tracking import Tracker
 from sr import stages
-from sr._train import unwrap
+from sr._train import to_fast_layout, unwrap
 from sr.data import fallback_eval_pairs, load_eval_pairs, resolve_train_sources
 from sr.distill import KDConfig
 from sr.evaluate import evaluate_bicubic, evaluate_model, super_resolve
@@ -234,7 +234,8 @@ def kd_worker(config: dict[str, Any]) -> None:
         rank=rank,
         world_size=world,
         device=device,
-        wrap=lambda m: _prepare(m, world),
+        # channels_last before the DDP wrap, so that DDP's gradient buckets match the parameters' strides
+        wrap=lambda m: _prepare(to_fast_layout(m), world),
     )
     if rank == 0 and task.tracking is not None:
         model = unwrap(result.model)

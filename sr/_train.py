@@ -48,6 +48,7 @@ __all__ = [
     "list_checkpoints",
     "patch_stages",
     "pick_device",
+    "to_fast_layout",
     "prune_checkpoints",
     "resume_rng",
     "rng_state",
@@ -326,6 +327,19 @@ def unwrap(model: nn.Module) -> nn.Module:
     while isinstance(getattr(model, "module", None), nn.Module):
         model = model.module  # type: ignore[assignment]
     return model
+
+
+def to_fast_layout(x: Any) -> Any:
+    """``x`` (a module or a tensor) in ``torch.channels_last`` where it has 4-D weights or is 4-D; other tensors as
+    they are. Conv nets at the students' widths train faster that way (``bench/channels_last``: the KD step x1.30,
+    the student's forward + backward x1.42 on a 2-core Xeon; cuDNN prefers it under AMP too). Convolutions follow
+    their weight's layout, so a converted model also returns channels_last outputs for NCHW inputs; values are the
+    same up to float summation order."""
+    if isinstance(x, nn.Module):
+        return x.to(memory_format=torch.channels_last)
+    if isinstance(x, torch.Tensor) and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def pick_device(model: nn.Module, device: torch.device | str | None) -> torch.device:

@@ -57,6 +57,7 @@ from sr._train import (
     resume_rng,
     rng_state,
     seed_all,
+    to_fast_layout,
     unwrap,
     write_checkpoint,
 )
@@ -157,10 +158,14 @@ class _Window:
 
 def _parts(cfg: KDConfig, student: nn.Module, teacher: nn.Module | None, dev: torch.device) -> _Parts:
     use_amp = cfg.amp and dev.type == "cuda"
-    student.to(dev)
     core = unwrap(student)
+    # A DDP-wrapped student keeps the layout it was wrapped with (converting after the wrap would leave DDP's
+    # gradient buckets with other strides): the Ray worker converts before wrapping.
+    student.to(dev)
+    if core is student:
+        to_fast_layout(student)
     if teacher is not None:
-        teacher.to(dev)
+        to_fast_layout(teacher.to(dev))
         if cfg.teacher_mode == "eval":
             teacher.eval()
         else:
@@ -398,7 +403,7 @@ class _Run:
         weights: dict[str, float] | None = None
         self.student.train()
         for step, batch in batches:
-            batch = tuple(b.to(parts.dev, non_blocking=True) for b in batch)
+            batch = tuple(to_fast_layout(b.to(parts.dev, non_blocking=True)) for b in batch)
             if weights is None:
                 weights = _effective_weights(
                     cfg, self.teacher, batch[2] if len(batch) == 3 else None, batch[0], batch[1], cfg.patch_at(step)

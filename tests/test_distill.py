@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from sr._train import StepPlan
+from sr._train import StepPlan, to_fast_layout
 from sr.checkpoint import read_state_dict
 from sr.data import EvalPair, PatchDataset
 from sr.distill import KDConfig, evaluate, find_latest_checkpoint, fit_kd
@@ -404,7 +404,7 @@ def test_ddp_wrapped_student_is_unwrapped_for_ema_and_checkpoints(images, tmp_pa
         fit_kd(_cfg(ckpt_every=0), student=plain, teacher=TinySR(seed=1), train_data=_ds(images), device="cpu")
         res = fit_kd(
             _cfg(),
-            student=DistributedDataParallel(inner),
+            student=DistributedDataParallel(to_fast_layout(inner)),  # converted before the wrap, as the worker does
             teacher=TinySR(seed=1),
             train_data=_ds(images),
             checkpoint_dir=tmp_path / "ck",

@@ -102,7 +102,8 @@ def test_searcher_answers_infeasible_draws_and_every_trial_trains(ray_local, tin
 def _kill_after_checkpoints(
     ckpt_glob: str, root: Path, min_checkpoints: int, killed: list[int], match: str, timeout_s: float = 120
 ) -> None:
-    """SIGKILL every descendant process whose command line holds ``match`` once ``min_checkpoints`` exist under ``root``."""
+    """SIGKILL every descendant process whose command line holds ``match`` once ``min_checkpoints`` exist
+    under ``root``."""
     end = time.time() + timeout_s
     while time.time() < end:
         ckpts = list(root.glob(ckpt_glob)) if root.exists() else []
