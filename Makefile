@@ -28,8 +28,10 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
+# Two xdist workers, whole test modules each (`--dist loadfile`): most Ray tests wait on process start-up and
+# polling, so two of them share 2 CPUs well (tests/conftest.py queues the Ray modules first).
 test: lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
 format: setup
 	$(VENV)/bin/ruff format .

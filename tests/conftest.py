@@ -125,3 +125,12 @@ def write_tiny_job(tmp_path: Path, **overrides) -> Path:
 @pytest.fixture
 def tiny_job(tmp_path):
     return lambda **overrides: write_tiny_job(tmp_path, **overrides)
+
+
+# ------------------------------------------------------------------------------------------ test order
+def pytest_collection_modifyitems(config, items) -> None:
+    """Modules that start a Ray cluster run first, each kept whole (module fixtures stay shared). ``make test``
+    spreads whole modules over 2 xdist workers; with the long Ray modules queued first, the short ones fill the
+    gaps at the end instead of one long module running alone after everything else."""
+    heavy = {item.module.__name__ for item in items if item.get_closest_marker("ray") is not None and item.module}
+    items.sort(key=lambda item: item.module is None or item.module.__name__ not in heavy)  # stable: order kept
