@@ -186,7 +186,8 @@ def count_feasible(spec: JobSpec, space: Mapping[str, Any], budget: Budget) -> d
     """How many architecture configurations of ``space`` meet ``budget`` (KD weights do not change the price).
 
     Params and MACs grow with every size knob (as ``check_budget_reachable`` relies on), so along ``C`` the feasible
-    values are a prefix: a binary search per combination of the other knobs prices O(log |C|) models, not all.
+    values are a prefix: a binary search per combination of the other knobs, bounded by the prefixes of the cheaper
+    neighbouring combinations, prices a few models per combination, not all.
     """
     arch = spec.student.arch
     knob_names = set(get_family(get_variant(arch).family).knobs) | (
@@ -195,7 +196,8 @@ def count_feasible(spec: JobSpec, space: Mapping[str, Any], budget: Budget) -> d
     dims = {k: _values(v) for k, v in space.items() if k in knob_names and k != "scale"}
     if any(v is None for v in dims.values()):
         return {"configurations": None, "feasible": None, "note": "a continuous size dimension: not counted"}
-    values: dict[str, list[Any]] = {k: v for k, v in dims.items() if v is not None}
+    # Sorted, so that along each knob the cost grows (choices may be listed in any order).
+    values: dict[str, list[Any]] = {k: sorted(v) for k, v in dims.items() if v is not None}
     total = 1
     for v in values.values():
         total *= len(v)
@@ -204,6 +206,7 @@ def count_feasible(spec: JobSpec, space: Mapping[str, Any], budget: Budget) -> d
     line = "C" if len(values.get("C", [])) > 1 else None
     cs = sorted(values.pop(line)) if line else [None]
     names = list(values)
+    sizes = {n for n in names if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values[n])}
     feasible = priced = 0
 
     def ok(point: dict[str, Any], c: Any) -> bool:
@@ -213,9 +216,16 @@ def count_feasible(spec: JobSpec, space: Mapping[str, Any], budget: Budget) -> d
         knobs = student_knobs(point, arch=arch, scale=spec.data.scale, method=spec.student.method)
         return is_feasible(price(arch, **knobs), budget)
 
-    for combo in itertools.product(*(values[n] for n in names)):
-        point = dict(zip(names, combo, strict=True))
-        feasible += _feasible_prefix(cs, lambda c, point=point: ok(point, c))
+    bound: dict[tuple[int, ...], int] = {}  # feasible prefix length per combination (as value indices)
+    for idx in itertools.product(*(range(len(values[n])) for n in names)):
+        point = {n: values[n][i] for n, i in zip(names, idx, strict=True)}
+        # A combination with one size knob a value lower costs less: its feasible prefix bounds this one's.
+        hi = min(
+            [len(cs)]
+            + [bound[(*idx[:j], i - 1, *idx[j + 1 :])] for j, i in enumerate(idx) if i > 0 and names[j] in sizes]
+        )
+        bound[idx] = n = _feasible_prefix(cs[:hi], lambda c, point=point: ok(point, c))
+        feasible += n
     return {
         "configurations": total,
         "feasible": feasible,
