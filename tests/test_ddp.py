@@ -35,28 +35,26 @@ KNOBS = {"C": 8, "L": 1, "B": 2}
 DATA = DataRef(train=None, val=None)  # the scikit-image sample images: no ../shared needed
 
 
-class Reports(UserCallback):
-    """Appends every round of reports (one metrics dict per rank) to a JSON-lines file; optionally SIGKILLs one
-    Train worker once, after the first report that carries a checkpoint (a node or process lost mid-run)."""
+def _reports(path: Path, *, kill_once: Path | None = None) -> UserCallback:
+    """A callback that appends every round of reports (one metrics dict per rank) to a JSON-lines file and,
+    with ``kill_once``, SIGKILLs one Train worker once, after the first report that carries a checkpoint (a lost
+    process mid-run). Defined here so that Ray pickles it by value: the controller cannot import test modules."""
 
-    def __init__(self, path: Path, *, kill_once: Path | None = None) -> None:
-        self.path, self.kill_once = str(path), None if kill_once is None else str(kill_once)
+    class Reports(UserCallback):
+        def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+            with open(path, "a") as f:
+                f.write(json.dumps([{k: v for k, v in m.items() if isinstance(v, int | float)} for m in metrics]))
+                f.write("\n")
+            if kill_once is None or checkpoint is None or kill_once.exists():
+                return
+            kill_once.touch()
+            # ray.util.state needs the dashboard, which the test cluster runs without; the GCS actor table does not.
+            from ray._private.state import actors  # deferred: only the fault injection needs Ray's internals
 
-    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps([{k: v for k, v in m.items() if isinstance(v, int | float)} for m in metrics]) + "\n")
-        if self.kill_once is None or checkpoint is None or os.path.exists(self.kill_once):
-            return
-        Path(self.kill_once).touch()
-        # ray.util.state needs the dashboard, which the test cluster runs without; the GCS actor table does not.
-        from ray._private.state import actors  # deferred: only the fault injection needs Ray's internals
+            workers = [a for a in actors().values() if a["ActorClassName"].endswith("RayTrainWorker")]
+            os.kill(max(a["Pid"] for a in workers if a["State"] == "ALIVE"), signal.SIGKILL)
 
-        pids = [
-            a["Pid"]
-            for a in actors().values()
-            if a["ActorClassName"].endswith("RayTrainWorker") and a["State"] == "ALIVE"
-        ]
-        os.kill(max(pids), signal.SIGKILL)
+    return Reports()
 
 
 def _fit(worker: Any, task: Any, tmp: Path, name: str, *, kill: bool = False) -> list[list[dict[str, Any]]]:
@@ -72,7 +70,7 @@ def _fit(worker: Any, task: Any, tmp: Path, name: str, *, kill: bool = False) ->
             name=f"{name}_{uuid.uuid4().hex[:6]}",
             storage_path=str(tmp / "train"),
             failure_config=FailureConfig(max_failures=1 if kill else 0),
-            callbacks=[Reports(log, kill_once=tmp / f"{name}.killed" if kill else None)],
+            callbacks=[_reports(log, kill_once=tmp / f"{name}.killed" if kill else None)],
         ),
     ).fit()
     return [json.loads(line) for line in log.read_text().splitlines()]
