@@ -6,6 +6,9 @@ largest HR patch, the validation ones against what SSIM needs after its border c
 weights into its architecture on the CPU. Each problem is one ``file:line: key: cause; fix`` line. With
 ``data.skip_bad: true`` unusable images are skipped with a warning, as the workers will skip them, and only a
 data set left without any usable image fails. ``undo_new_dirs`` removes the folders a failed start created.
+
+``prune_schedule(spec)`` resolves stage 1's schedule (``sr.prune_schedule``) and refuses one without a Prox-SG
+phase; ``run``, ``submit`` and ``plan`` all call it, so a spec fails the same way at each.
 """
 
 from __future__ import annotations
@@ -18,13 +21,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from orchestrator.tasks import train_paths
 from search_spaces import JobSpec, key_error
 from search_spaces._values import is_uri
 from sr.checkpoint import load_weights
-from sr.data import list_images, load_eval_pairs, read_image, resolve_train_sources
-from sr.errors import CheckpointError, DataError
+from sr.data import default_train_sources, list_images, load_eval_pairs, read_image, resolve_train_sources
+from sr.errors import CheckpointError, ConfigError, DataError
+from sr.prune_schedule import PruneSchedule, list_image_items, resolve_prune_schedule
 
-__all__ = ["preflight", "undo_new_dirs"]
+__all__ = ["count_train_images", "preflight", "prune_schedule", "undo_new_dirs"]
 
 _SSIM_WIN = 11  # sr.metrics' SSIM window: the smallest side left after removing the scale-px border
 
@@ -34,6 +39,54 @@ def preflight(spec: JobSpec, spec_path: str | os.PathLike[str] | None = None) ->
     _check_train(spec, spec_path)
     _check_val(spec, spec_path)
     _check_teacher(spec, spec_path)
+
+
+def count_train_images(spec: JobSpec) -> int | None:
+    """Training images as the workers list them (held-out validation images left out); None when a source is a
+    URI or not on this machine (then only the workers can count)."""
+    paths = train_paths(spec)
+    if paths is None:
+        return len(default_train_sources())
+    if any(is_uri(p) or not Path(p).exists() for p in paths):
+        return None
+    try:
+        return len(list_image_items(resolve_train_sources(list(paths))))
+    except DataError:
+        return None
+
+
+def prune_schedule(spec: JobSpec, spec_path: str | os.PathLike[str] | None = None) -> PruneSchedule | None:
+    """Stage 1's resolved schedule, or None when the spec does not prune or its image count is only known on the
+    workers (no ``prune.n_images``, no ``data.samples_per_epoch``, data not on this machine).
+
+    Raises:
+        SpecError: one line: no Prox-SG phase, an epoch shorter than a batch, or more ``n_images`` than images.
+    """
+    p = spec.prune
+    if not p.runs:
+        return None
+    available = count_train_images(spec)
+    if p.n_images is not None and available is not None and p.n_images > available:
+        raise key_error(
+            spec,
+            "prune.n_images",
+            f"{p.n_images} pruning images, but the training data holds {available}; lower it or add images",
+            spec_path,
+        )
+    n = p.n_images if p.n_images is not None else available
+    if n is None:
+        return None
+    try:
+        return resolve_prune_schedule(
+            steps=p.steps,
+            batch_size=p.batch_size,
+            n_images=n,
+            samples_per_epoch=spec.data.samples_per_epoch,
+            np_epochs=p.np_epochs,
+            quirk_epoch_in_samples=p.quirk_epoch_in_samples,
+        )
+    except ConfigError as exc:
+        raise key_error(spec, "prune.steps", str(exc), spec_path) from None
 
 
 def _fix(spec: JobSpec, what: str) -> str:

@@ -30,7 +30,7 @@ from ray.train.torch import TorchTrainer
 from orchestrator._job_state import JobState, spec_diff
 from orchestrator._job_tracking import fallback_note, finish, log_reference_runs, log_stage_run, open_parent_run
 from orchestrator._kd_twin import run_twins
-from orchestrator._preflight import preflight, undo_new_dirs
+from orchestrator._preflight import preflight, prune_schedule, undo_new_dirs
 from orchestrator._ray_connect import connect_ray
 from orchestrator.search import SearchPlan, make_tuner
 from orchestrator.tasks import ModelRef, TrackingRef, data_ref, prune_task, teacher_ref, trial_template
@@ -43,6 +43,7 @@ from sr.budget import Budget, check_budget_reachable
 from sr.data import resolve_train_sources
 from sr.errors import UserError
 from sr.models import family_of, resolve_knobs
+from sr.prune_schedule import PruneSchedule
 from sr.stages import fallback_teacher, load_model, teacher_cache_stage
 
 log = logging.getLogger(__name__)
@@ -109,9 +110,11 @@ def resolve_teacher(spec: Any, out: Path) -> tuple[ModelRef, str | None]:
 
 
 # --------------------------------------------------------------------------------------------- [J3] prune
-def run_prune(spec: Any, teacher: ModelRef, out: Path, tracking: TrackingRef | None) -> float:
+def run_prune(
+    spec: Any, teacher: ModelRef, out: Path, tracking: TrackingRef | None, schedule: PruneSchedule | None = None
+) -> float:
     """[J3] A TorchTrainer pruning run of the teacher ([W1] ``prune_worker`` on each rank); returns the density."""
-    task = prune_task(spec, teacher=teacher, out=out / "prune", tracking=tracking)
+    task = prune_task(spec, teacher=teacher, out=out / "prune", tracking=tracking, schedule=schedule)
     trainer = TorchTrainer(
         prune_worker,
         train_loop_config={"task": task},
@@ -266,6 +269,9 @@ def _checked_spec(spec_path: str | Path) -> Any:
             flush=True,
         )
     preflight(spec, spec_path)
+    schedule = prune_schedule(spec, spec_path)  # a schedule without a Prox-SG phase fails here
+    if schedule is not None:
+        print(f"[srcompress] pruning schedule: {schedule.describe()}", flush=True)
     return spec
 
 
@@ -360,10 +366,16 @@ def _prune_step(job: _Job, teacher: ModelRef) -> None:
         state.density = float(spec.prune.density)
     elif spec.prune.enabled:
         print(f"[srcompress] stage prune: OBProx-SG on {teacher.arch} for {spec.prune.steps} steps", flush=True)
-        state.density = run_prune(spec, teacher, job.out, None)
+        schedule = prune_schedule(spec)
+        state.density = run_prune(spec, teacher, job.out, None, schedule)
         job.stage_run(
             "prune",
-            {"arch": teacher.arch, "steps": spec.prune.steps, "lambda": spec.prune.lambda_},
+            {
+                "arch": teacher.arch,
+                "steps": spec.prune.steps,
+                "lambda": spec.prune.lambda_,
+                **(schedule.as_params() if schedule is not None else {}),
+            },
             {"density": state.density, "seconds": time.time() - t0},
         )
     state.stages["prune"] = time.time() - t0

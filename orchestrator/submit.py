@@ -248,6 +248,10 @@ def plan_submission(
         UserError: an invalid spec (its one-line ``file:line: key: ...`` error), or a spec outside working_dir.
     """
     spec = load_job_spec(spec_path)
+    # deferred: _preflight pulls in torch, which `srcompress status/logs/stop` never need
+    from orchestrator._preflight import prune_schedule
+
+    prune_schedule(spec, spec_path)  # the same spec errors as `run` and `plan`, before anything is uploaded
     path = Path(spec_path).resolve()
     repo = _repo_root()
     if working_dir is not None:

@@ -26,6 +26,7 @@ from sr.data import eval_image_files, list_images, resolve_train_sources
 from sr.distill import KDConfig
 from sr.models import family_of
 from sr.prune import PruneConfig
+from sr.prune_schedule import PruneSchedule
 
 Method = Literal["kd", "csd"]
 
@@ -111,6 +112,10 @@ class PruneTask:
     output_dir: str
     threads: int
     tracking: TrackingRef | None = None
+    n_images: int | None = None  # prune on this many training images (a seeded draw; None: all)
+    samples_per_epoch: int | None = None  # patches per schedule epoch (None: one per pruning image)
+    # The schedule the driver resolved (printed, logged); a worker whose images give another one stops.
+    schedule: PruneSchedule | None = None
 
 
 # ---------------------------------------------------------------------------------------------- builders
@@ -242,10 +247,12 @@ def trial_task(
     )
 
 
-def prune_task(spec: JobSpec, *, teacher: ModelRef, out: Path, tracking: TrackingRef | None) -> PruneTask:
-    """The pruning run of the spec's ``prune`` section on ``teacher``."""
+def prune_task(
+    spec: JobSpec, *, teacher: ModelRef, out: Path, tracking: TrackingRef | None, schedule: PruneSchedule | None
+) -> PruneTask:
+    """The pruning run of the spec's ``prune`` section on ``teacher``; ``schedule``: the driver's resolution of it
+    (``orchestrator._preflight.prune_schedule``), or None when the driver cannot list the images."""
     p = spec.prune
-    per_epoch = spec.data.samples_per_epoch
     cfg = PruneConfig(
         family=family_of(teacher.arch),
         steps=p.steps,
@@ -255,11 +262,11 @@ def prune_task(spec: JobSpec, *, teacher: ModelRef, out: Path, tracking: Trackin
         epsilon=p.epsilon,
         ema_decay=None,
         np_epochs=p.np_epochs,
-        batches_per_epoch=max(1, per_epoch // p.batch_size) if per_epoch else None,
         quirk_epoch_in_samples=p.quirk_epoch_in_samples,
         milestones=tuple(p.milestones),
         gamma=p.gamma,
         seed=spec.seed,
+        shuffle=False,  # the data is one pass per epoch in its own seeded order (sr.prune_schedule.EpochPasses)
         log_every=max(1, p.steps // 10),
     )
     return PruneTask(
@@ -271,6 +278,9 @@ def prune_task(spec: JobSpec, *, teacher: ModelRef, out: Path, tracking: Trackin
         output_dir=str(out),
         threads=threads_per_worker(spec),
         tracking=tracking,
+        n_images=p.n_images,
+        samples_per_epoch=spec.data.samples_per_epoch,
+        schedule=schedule,
     )
 
 

@@ -17,6 +17,7 @@ worker start-up: ~12 s per trial, bench/overhead.py).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -36,7 +37,10 @@ from sr import stages
 from sr._train import to_fast_layout, unwrap
 from sr.data import fallback_eval_pairs, load_eval_pairs, resolve_train_sources
 from sr.distill import KDConfig
+from sr.errors import DataError
 from sr.evaluate import evaluate_bicubic, evaluate_model, super_resolve
+from sr.prune import PruneConfig
+from sr.prune_schedule import PruneSchedule, list_image_items, pick_prune_images, prune_dataset, resolve_prune_schedule
 
 log = logging.getLogger(__name__)
 
@@ -274,15 +278,11 @@ def prune_worker(config: dict[str, Any]) -> None:
     task: PruneTask = config["task"]
     torch.set_num_threads(task.threads)
     rank, world, _ = _context()
-    cfg = task.prune
+    cfg, schedule, items = prune_inputs(task)
     model = _prepare(load_model(task.teacher), world)
-    dataset = stages.patch_data(
-        train_sources(task.data),
-        scale=task.scale,
-        seed=cfg.seed,
-        samples=cfg.steps * cfg.batch_size,
-        skip_bad=task.data.skip_bad,
-    )(task.hr_patch)
+    dataset = prune_dataset(
+        items, schedule, scale=task.scale, hr_patch=task.hr_patch, seed=cfg.seed, skip_bad=task.data.skip_bad
+    )
     local = Path(tempfile.mkdtemp(prefix=f"prune_r{rank}_"))
     resume_dir, resumed_step = _restore_checkpoint(local)
     report = _reporter({RESUMED_FROM_KEY: resumed_step}, task.tracking, rank, world, total_steps=cfg.steps)
@@ -298,3 +298,33 @@ def prune_worker(config: dict[str, Any]) -> None:
         world_size=world,
     )
     shutil.rmtree(local, ignore_errors=True)
+
+
+def prune_inputs(task: PruneTask) -> tuple[PruneConfig, PruneSchedule, list]:
+    """The pruning images (a seeded draw of ``task.n_images``), their schedule and the loop's config with it.
+
+    Raises:
+        DataError: the images here give another schedule than the driver printed (another image count).
+    """
+    cfg = task.prune
+    items = pick_prune_images(list_image_items(train_sources(task.data)), task.n_images, cfg.seed)
+    per_epoch = task.samples_per_epoch
+    if per_epoch is None and cfg.batches_per_epoch is not None:
+        per_epoch = cfg.batches_per_epoch * cfg.batch_size
+    schedule = resolve_prune_schedule(
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        n_images=len(items),
+        samples_per_epoch=per_epoch,
+        np_epochs=cfg.np_epochs,
+        quirk_epoch_in_samples=cfg.quirk_epoch_in_samples,
+    )
+    if task.schedule is not None and schedule != task.schedule:
+        raise DataError(
+            f"this node's training data gives {len(items)} pruning images, the driver's {task.schedule.n_images}: "
+            "the schedule would differ; give every node the same data.train"
+        )
+    cfg = dataclasses.replace(
+        cfg, batches_per_epoch=schedule.batches_per_epoch, np_epochs=schedule.np_epochs, shuffle=False
+    )
+    return cfg, schedule, items

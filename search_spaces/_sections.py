@@ -329,12 +329,20 @@ class PruneSpec(SpecModel):
     batch_size: int = Field(16, ge=1, description="patches per step")
     milestones: list[int] = Field(default_factory=list, description="steps at which lr is multiplied by gamma")
     gamma: float = Field(0.5, gt=0, le=1, description="lr factor at each milestone")
-    np_epochs: int | None = Field(None, ge=0, description="Prox-SG epochs before the Orthant phase; null = epochs / 10")
+    np_epochs: int | None = Field(
+        None,
+        ge=0,
+        description="Prox-SG epochs before the Orthant phase; null = epochs / 10 (must not round to 0); "
+        "0 = Orthant steps only",
+    )
     quirk_epoch_in_samples: bool = Field(
         False, description="count epochs in samples like the authors' code (the Orthant phase never starts)"
     )
     n_images: int | None = Field(
-        None, ge=1, description="prune on the first n training images (the authors use 100 of DIV2K)"
+        None,
+        ge=1,
+        description="prune on n training images, a seeded draw (the authors use 100 of DIV2K); an epoch is one "
+        "pass over them; null = all",
     )
     density: float | None = Field(
         None, gt=0, le=1, description="skip pruning and use this density (non-zero fraction of deep weights)"
@@ -362,17 +370,20 @@ class TrainingSpec(SpecModel):
     gamma: float = Field(0.5, gt=0, le=1, description="lr factor at each milestone")
     ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of the weights; 0 = off")
     val_every: int = Field(5000, ge=1, description="validate (and report val_psnr_y) every n steps")
-    log_every: int = Field(100, ge=1, description="report the training loss every n steps")
-    ckpt_every: int = Field(10_000, ge=1, description="checkpoint every n steps (a multiple of log_every)")
+    log_every: int = Field(100, ge=1, description="loss logging of in-process runs; trials report every val_every")
+    ckpt_every: int = Field(10_000, ge=1, description="checkpoint every n steps (a multiple of val_every)")
 
     @model_validator(mode="after")
     def _check(self) -> TrainingSpec:
         _check_milestones(self.milestones, self.steps)
-        if self.ckpt_every % self.log_every:
+        # Trials report (a collective ray.train.report on every rank) every val_every steps; rank 0 also reports
+        # at its checkpoints. A checkpoint step off that cadence would be a report the other ranks never make:
+        # a multi-worker trial would hang there.
+        if self.ckpt_every % self.val_every:
             raise KeyedError(
                 "ckpt_every",
-                f"{self.ckpt_every} is not a multiple of log_every ({self.log_every}); checkpoints are written "
-                f"at report steps, so use a multiple",
+                f"{self.ckpt_every} is not a multiple of val_every ({self.val_every}); trials report every val_every "
+                f"steps on every rank and checkpoint at reports, so use a multiple of {self.val_every}",
             )
         return self
 

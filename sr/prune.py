@@ -10,7 +10,6 @@ The loop takes its data order, EMA, RNG state and checkpoints from :mod:`sr._tra
 
 from __future__ import annotations
 
-import math
 import re
 import warnings
 from collections.abc import Callable
@@ -39,6 +38,7 @@ from sr._train import prune_checkpoints as _prune_old
 from sr.checkpoint import read_checkpoint
 from sr.errors import CheckpointError, ConfigError, DataError
 from sr.obproxsg import OBProxSG, Phase
+from sr.prune_schedule import resolve_prune_schedule
 
 __all__ = [
     "DensityReport",
@@ -220,18 +220,25 @@ def _pixel_loss(name: LossName) -> Callable[[torch.Tensor, torch.Tensor], torch.
 
 
 def _schedule(cfg: PruneConfig, n: int) -> tuple[int, int]:
-    """(batches_per_epoch, np_epochs) with their defaults filled in."""
+    """(batches_per_epoch, np_epochs) with their defaults filled in (:func:`sr.prune_schedule.resolve_prune_schedule`).
+
+    A derived Np of 0 only warns here: jobs and ``srcompress plan`` refuse such a spec before anything runs."""
     bpe = cfg.batches_per_epoch if cfg.batches_per_epoch is not None else n // cfg.batch_size
-    np_epochs = cfg.np_epochs
-    if np_epochs is None:
-        np_epochs = int(math.ceil(cfg.steps / bpe) / 10)
-        if np_epochs == 0:
-            warnings.warn(
-                f"Prox-SG phase is empty: {cfg.steps} steps make {math.ceil(cfg.steps / bpe)} epoch(s) of {bpe} "
-                f"batches, and Np = epochs / 10 rounds to 0; pass np_epochs or a smaller batches_per_epoch",
-                stacklevel=3,
-            )
-    return bpe, np_epochs
+    sched = resolve_prune_schedule(
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        n_images=bpe * cfg.batch_size,
+        np_epochs=cfg.np_epochs,
+        quirk_epoch_in_samples=cfg.quirk_epoch_in_samples,
+        require_prox=False,
+    )
+    if sched.np_epochs == 0 and cfg.np_epochs is None:
+        warnings.warn(
+            f"Prox-SG phase is empty: {cfg.steps} steps make {sched.epochs} epoch(s) of {bpe} "
+            f"batches, and Np = epochs / 10 rounds to 0; pass np_epochs or a smaller batches_per_epoch",
+            stacklevel=3,
+        )
+    return bpe, sched.np_epochs
 
 
 @dataclass

@@ -517,3 +517,63 @@ def test_prune_finetune_swinir_on_t91_patches(t91_dir, tmp_path):
     print(f"SwinIR tiny: density {d0.density:.3f} -> {res.density.density:.3f}")
     assert res.density.total == d0.total and res.density.density < d0.density
     assert latest_checkpoint(tmp_path).name == "step_0000004"
+
+
+# ------------------------------------------------------------------------------ the schedule (sr.prune_schedule)
+def test_schedule_of_the_paper_settings():
+    from sr.prune_schedule import resolve_prune_schedule
+
+    s = resolve_prune_schedule(steps=100_000, batch_size=16, n_images=100)
+    # 100 images = 6 batches of 16 per epoch (4 dropped); 16,667 epochs; Np = 1,666 of them
+    assert (s.batches_per_epoch, s.epochs, s.np_epochs) == (6, 16_667, 1_666)
+    assert s.switch_step == s.prox_steps == 9_996 and s.orthant_steps == 90_004
+    quirk = resolve_prune_schedule(steps=100_000, batch_size=16, n_images=100, quirk_epoch_in_samples=True)
+    assert quirk.switch_step == 16 * 9_996 and quirk.orthant_steps == 0  # the authors' Orthant phase never starts
+    assert resolve_prune_schedule(steps=20, batch_size=4, n_images=8, np_epochs=0).prox_steps == 0  # asked for
+
+
+def test_schedule_without_prox_sg_phase_or_batch_is_refused():
+    from sr.prune_schedule import resolve_prune_schedule
+
+    with pytest.raises(ConfigError, match="no Prox-SG phase"):
+        resolve_prune_schedule(steps=20, batch_size=4, n_images=40)
+    with pytest.raises(ConfigError, match="shorter than one batch"):
+        resolve_prune_schedule(steps=20, batch_size=16, n_images=10)
+    assert resolve_prune_schedule(steps=20, batch_size=4, n_images=40, require_prox=False).np_epochs == 0
+
+
+def test_pruning_images_are_a_seeded_draw():
+    from sr.prune_schedule import pick_prune_images
+
+    items = [f"img{i:03d}.png" for i in range(800)]
+    a, b = pick_prune_images(items, 100, seed=0), pick_prune_images(items, 100, seed=0)
+    assert a == b and len(set(a)) == 100 and a == sorted(a)  # same draw on every rank, in listing order
+    assert a != pick_prune_images(items, 100, seed=1) and a != items[:100]
+    assert pick_prune_images(items, None, seed=0) == items
+    with pytest.raises(ConfigError, match="holds 800 images"):
+        pick_prune_images(items, 801, seed=0)
+
+
+def test_each_epoch_is_one_pass_over_the_images_with_fresh_crops():
+    from sr.prune_schedule import EpochPasses, resolve_prune_schedule
+
+    class Index(torch.utils.data.Dataset):
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def __len__(self) -> int:
+            return self.n
+
+        def __getitem__(self, i: int) -> int:
+            return i
+
+    n_img = 10
+    s = resolve_prune_schedule(steps=50, batch_size=4, n_images=n_img, np_epochs=1)  # 2 batches/epoch, 25 epochs
+    data = EpochPasses(Index(s.epochs * n_img), s, seed=0)
+    assert len(data) == s.epochs * 8 >= s.steps * s.batch_size
+    epochs = [[data[e * 8 + j] for j in range(8)] for e in range(s.epochs)]
+    for e, idx in enumerate(epochs):
+        images = [i % n_img for i in idx]
+        assert len(set(images)) == 8  # no image twice in an epoch (2 of 10 dropped, as drop_last does)
+        assert all(i // n_img == e for i in idx)  # a fresh sample index (PatchDataset: a fresh crop) per epoch
+    assert [i % n_img for i in epochs[0]] != [i % n_img for i in epochs[1]]  # a new order each epoch

@@ -2,7 +2,7 @@
 
 Every user-caused error is one line on stderr (cause, then fix) with exit code 2, usage errors included (an
 unknown option, a bad value, a missing one); ``--debug`` (anywhere on the command line) or ``SRCOMPRESS_DEBUG=1``
-shows the traceback instead. Ctrl-C exits 130. The command modules (``core``, ``choose``, ``cluster`` and
+shows the traceback instead. Ctrl-C exits 130. The command modules (``core``, ``choose``, ``cluster``, ``dry_run`` and
 ``method``) define plain functions; this module registers them on ``app`` from one list
 (``commands()``) and no command module imports it. Heavy imports (torch, ray, mlflow) happen inside the
 commands that need them so that ``srcompress`` starts fast.
@@ -22,7 +22,7 @@ import typer
 import typer.main
 from typer import _click  # typer >= 0.29 vendors click: its usage errors are typer._click.* classes, not click.*
 
-from orchestrator.cli import choose, cluster, core, method
+from orchestrator.cli import choose, cluster, core, dry_run, method
 from orchestrator.cli._common import JsonOpt, SetOpt, _fmt_g, _fmt_int, _print_table, load_model, parse_knobs
 from orchestrator.cli.core import complexity_row, print_summary
 from sr.errors import UserError
@@ -58,6 +58,7 @@ def commands() -> tuple[tuple[str, Callable[..., Any]], ...]:
         ("eval", core.eval_),
         ("allocate", core.allocate),
         ("run", core.run),
+        ("plan", dry_run.plan),
         ("pareto", choose.pareto),
         ("report", choose.report),
         ("table", choose.table),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import re
 import time
 import warnings
@@ -29,6 +28,7 @@ from sr.errors import ConfigError, UserError
 from sr.evaluate import evaluate_bicubic, evaluate_model
 from sr.models import arch_tag, family_of
 from sr.prune import PruneConfig
+from sr.prune_schedule import PruneSchedule, list_image_items, prune_dataset, resolve_prune_schedule
 from sr.teacher_cache import state_dict_hash
 
 __all__ = ["allocate_student", "kd_config", "run_compress", "run_distill_stage", "run_prune_stage", "val_pairs"]
@@ -59,31 +59,41 @@ def _int_list(text: str | None, option: str) -> tuple[int, ...]:
 # ------------------------------------------------------------------------------------------------------ prune
 def _prune_config(
     *, arch: str, steps: int, batch_size: int, n_images: int, opts: dict[str, Any], quiet: bool
-) -> PruneConfig:
-    """The :class:`PruneConfig` of the command's options (``opts``: lr, lambda_, epsilon, np_epochs, ...)."""
+) -> tuple[PruneConfig, PruneSchedule]:
+    """The :class:`PruneConfig` of the command's options (``opts``: lr, lambda_, epsilon, np_epochs, ...) and its
+    schedule (``sr.prune_schedule``: an epoch is one pass over the ``n_images`` images, or ``--batches-per-epoch``)."""
     bpe = opts["batches_per_epoch"]
-    # A real epoch is one pass over the training images (REFERENCE §1: Np counted in real epochs).
-    bpe = bpe if bpe is not None else max(1, n_images // batch_size)
-    if opts["np_epochs"] is None and int(math.ceil(steps / bpe) / 10) == 0:
+    schedule = resolve_prune_schedule(
+        steps=steps,
+        batch_size=batch_size,
+        n_images=n_images,
+        samples_per_epoch=bpe * batch_size if bpe is not None else None,
+        np_epochs=opts["np_epochs"],
+        quirk_epoch_in_samples=opts["quirk_epoch_in_samples"],
+        require_prox=False,  # a quick in-process run may be Orthant-only: said in one line below
+    )
+    if schedule.np_epochs == 0 and opts["np_epochs"] is None:
         note(
-            f"{steps} steps are {math.ceil(steps / bpe)} epoch(s) of {bpe} batches, so Np = epochs / 10 = 0: "
-            f"no Prox-SG phase; pass --np-epochs to have one",
+            f"{steps} steps are {schedule.epochs} epoch(s) of {schedule.batches_per_epoch} batches, so Np = "
+            f"epochs / 10 = 0: no Prox-SG phase; pass --np-epochs to have one",
             quiet=quiet,
         )
-    return PruneConfig(
+    cfg = PruneConfig(
         family=family_of(arch),
         steps=steps,
         batch_size=batch_size,
         lr=opts["lr"],
         lambda_=opts["lambda_"],
         epsilon=opts["epsilon"],
-        np_epochs=opts["np_epochs"],
-        batches_per_epoch=bpe,
+        np_epochs=schedule.np_epochs,
+        batches_per_epoch=schedule.batches_per_epoch,
         quirk_epoch_in_samples=opts["quirk_epoch_in_samples"],
         seed=opts["seed"],
+        shuffle=False,  # the data is one pass per epoch in its own seeded order (sr.prune_schedule)
         log_every=opts["log_every"],
         checkpoint_every=opts["ckpt_every"],
     )
+    return cfg, schedule
 
 
 def run_prune_stage(
@@ -127,9 +137,7 @@ def run_prune_stage(
     pairs, val_name = val_pairs(val, scale, skip_bad=skip_bad)
     if not isinstance(steps, int) or steps < 1:
         raise UserError(f"--steps must be a positive integer, got {steps!r}; pass e.g. --steps 1000")
-    sources = resolve_train_sources([data])
-    dataset = stages.patch_data(sources, scale=scale, seed=seed, samples=steps * batch_size, skip_bad=skip_bad)
-    dataset = dataset(hr_patch)
+    items = list_image_items(resolve_train_sources([data]))
     log_every = log_every or max(1, steps // 10)
     ckpt_every = ckpt_every or log_every
     settings = {"data": str(data), "scale": scale, "steps": steps, "batch_size": batch_size, "hr_patch": hr_patch}
@@ -137,7 +145,10 @@ def run_prune_stage(
     settings.update({"lambda": lambda_, "quirk_epoch_in_samples": quirk_epoch_in_samples})
     settings.update(log_every=log_every, ckpt_every=ckpt_every)
     opts = {**settings, "lambda_": lambda_}
-    cfg = _prune_config(arch=arch, steps=steps, batch_size=batch_size, n_images=len(dataset.hr), opts=opts, quiet=quiet)
+    cfg, schedule = _prune_config(
+        arch=arch, steps=steps, batch_size=batch_size, n_images=len(items), opts=opts, quiet=quiet
+    )
+    dataset = prune_dataset(items, schedule, scale=scale, hr_patch=hr_patch, seed=seed, skip_bad=skip_bad)
     before = evaluate_model(model, pairs, scale=scale)
     if resumed is not None:
         note(f"resumed pruning from {ckpt_dir}/step_{resumed:07d} (step {resumed} of {steps})", quiet=False)
