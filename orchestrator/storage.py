@@ -12,10 +12,12 @@ location joined from it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -164,6 +166,20 @@ def download(location: str, local: str | os.PathLike[str]) -> Path:
     return local
 
 
+@contextlib.contextmanager
+def staged_dir(location: str) -> Iterator[Path]:
+    """A local folder whose content ends up at ``location``: that folder itself when the store is local, else a
+    temporary one uploaded when the block ends without an error (``sr/`` functions write local files)."""
+    here = local_path(location)
+    if here is not None:
+        here.mkdir(parents=True, exist_ok=True)
+        yield here
+        return
+    with tempfile.TemporaryDirectory(prefix="srcompress-stage-") as tmp:
+        yield Path(tmp)
+        upload(tmp, location)
+
+
 def local_copy(location: str | None) -> str | None:
     """A local path for ``location``: itself when local; else a copy downloaded once per process into a temp
     folder that lives as long as the process (weights, the teacher cache: files a job writes once and never
@@ -203,6 +219,7 @@ __all__ = [
     "normalize",
     "read_bytes",
     "read_text",
+    "staged_dir",
     "upload",
     "write_bytes",
     "write_text",

@@ -242,8 +242,8 @@ def trial_task(
     )
 
 
-def prune_task(spec: JobSpec, *, teacher: ModelRef, out: Path, tracking: TrackingRef | None) -> PruneTask:
-    """The pruning run of the spec's ``prune`` section on ``teacher``."""
+def prune_task(spec: JobSpec, *, teacher: ModelRef, out: str, tracking: TrackingRef | None) -> PruneTask:
+    """The pruning run of the spec's ``prune`` section on ``teacher``; ``out``: its folder in the job's store."""
     p = spec.prune
     per_epoch = spec.data.samples_per_epoch
     cfg = PruneConfig(
@@ -268,7 +268,7 @@ def prune_task(spec: JobSpec, *, teacher: ModelRef, out: Path, tracking: Trackin
         hr_patch=spec.data.patch_at(0),
         scale=spec.data.scale,
         data=data_ref(spec),
-        output_dir=str(out),
+        output_dir=out,
         threads=threads_per_worker(spec),
         tracking=tracking,
     )

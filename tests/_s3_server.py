@@ -237,8 +237,13 @@ class _Handler(BaseHTTPRequestHandler):
                 out.append(
                     (
                         "Contents",
-                        [("Key", show(k)), ("LastModified", _iso(t)), ("ETag", _etag(data)), ("Size", len(data)),
-                         ("StorageClass", "STANDARD")],
+                        [
+                            ("Key", show(k)),
+                            ("LastModified", _iso(t)),
+                            ("ETag", _etag(data)),
+                            ("Size", len(data)),
+                            ("StorageClass", "STANDARD"),
+                        ],
                     )
                 )
         return _xml("ListBucketResult", out)
@@ -270,7 +275,9 @@ class _Handler(BaseHTTPRequestHandler):
                     self._error(404, "NoSuchKey")
                     return
                 b[key] = (src[0], time.time())
-                self._send(200, _xml("CopyObjectResult", [("LastModified", _iso(time.time())), ("ETag", _etag(src[0]))]))
+                self._send(
+                    200, _xml("CopyObjectResult", [("LastModified", _iso(time.time())), ("ETag", _etag(src[0]))])
+                )
                 return
             b[key] = (body, time.time())
         self._send(200, headers={"ETag": _etag(body)})
