@@ -185,44 +185,49 @@ def shared_paths(spec: JobSpec) -> list[tuple[str, str]]:
     return [(k, str(p)) for k, p in found if p is not None and not is_uri(str(p))]
 
 
-def _missing(paths: list[tuple[str, str]]) -> tuple[str, list[tuple[str, str]]]:
-    """This node's address and the ``paths`` it does not see (runs as a Ray task on each node)."""
+def _missing(paths: list[tuple[str, str]]) -> tuple[str, str, list[tuple[str, str]]]:
+    """This node's address and id, and the ``paths`` it does not see (runs as a Ray task on each node)."""
     import ray  # deferred: runs inside a Ray worker, where ray is loaded already
 
-    return ray.util.get_node_ip_address(), [(k, p) for k, p in paths if not os.path.exists(p)]
+    node = (ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id())
+    return *node, [(k, p) for k, p in paths if not os.path.exists(p)]
 
 
-def check_node_paths(spec: JobSpec, spec_path: str | os.PathLike[str] | None = None, *, timeout_s: float = 120) -> None:
+def check_node_paths(
+    spec: JobSpec, spec_path: str | os.PathLike[str] | None = None, *, timeout_s: float = 120
+) -> list[str]:
     """One Ray task per alive node checks that the node sees every shared input (``shared_paths``); a missing one
-    is a one-line ``file:line: key: ...`` error naming the node and the path. Nodes that join later (autoscaling)
-    are not checked: their image or mount must provide the same paths (README, ``cluster/``)."""
+    is a one-line ``file:line: key: ...`` error naming the node and the path. Returns the ids of the nodes checked.
+    Nodes that join later (autoscaling) are not checked: their image or mount must provide the same paths (README,
+    ``cluster/``)."""
     # deferred: ray is heavy, and only a job that has connected to Ray calls this
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     paths = shared_paths(spec)
+    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
     if not paths:
-        return
+        return []
     task = ray.remote(num_cpus=0)(_missing)  # 0 CPUs: runs on a 0-CPU head and beside running trials
     refs = [
-        task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(paths)
-        for n in ray.nodes()
-        if n.get("Alive")
+        task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(paths)
+        for node in nodes
     ]
     try:
         answers = ray.get(refs, timeout=timeout_s)
     except ray.exceptions.GetTimeoutError:
         print(f"[srcompress] warning: not every node answered the shared-path check in {timeout_s:.0f}s", flush=True)
-        return
-    for node, gone in answers:
+        return []
+    for ip, node_id, gone in answers:
         if gone:
             key, path = gone[0]
             more = f" (and {len(gone) - 1} more)" if len(gone) > 1 else ""
             raise key_error(
                 spec,
                 key,
-                f"node {node} cannot see {path}{more}: training data and teacher weights are read from a filesystem "
-                "every Ray node shares; mount it at the same path on every node (see README, Storage) or copy "
-                "the files there",
+                f"node {ip} (id {node_id[:12]}) cannot see {path}{more}: training data and teacher weights are read "
+                "from a filesystem every Ray node shares; mount it at the same path on every node (README, "
+                "Storage) or copy the files there",
                 spec_path,
             )
+    return [node_id for _, node_id, _ in answers]
