@@ -28,8 +28,6 @@ import pytest
 from _s3_server import serve
 from conftest import write_tiny_job
 
-pytestmark = [pytest.mark.ray, pytest.mark.mlflow, pytest.mark.slow]
-
 MB = 1024 * 1024
 _ENV = {
     "RAY_AUTH_MODE": "disabled",
@@ -69,6 +67,49 @@ def _statuses(uri: str) -> Counter:
     return Counter(df["status"]) if len(df) else Counter()
 
 
+# --------------------------------------------------------------------------------- the store's operations (fast)
+@pytest.mark.parametrize("kind", ["folder", "file", "s3"])
+def test_store_operations(kind: str, tmp_path: Path, monkeypatch) -> None:
+    """join / write / read / list / upload / download / local_copy / delete on a folder, file:// and s3:// (the
+    test server: ranged reads, listings, multipart upload of a 12 MB file)."""
+    from orchestrator import storage
+
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_EC2_METADATA_DISABLED"):
+        monkeypatch.setenv(key, _ENV[key])
+    with contextlib.ExitStack() as stack:
+        if kind == "s3":
+            import pyarrow.fs as pafs
+
+            endpoint = stack.enter_context(serve())
+            pafs.S3FileSystem(endpoint_override=endpoint, scheme="http", allow_bucket_creation=True).create_dir("b")
+            base = f"s3://b/p?endpoint_override={endpoint}&scheme=http"
+            assert storage.join(base, "x", "y.json") == f"s3://b/p/x/y.json?endpoint_override={endpoint}&scheme=http"
+        else:
+            base = str(tmp_path / "store") if kind == "folder" else f"file://{tmp_path}/store"
+        state = storage.join(base, "job", "state.json")
+        assert not storage.exists(state) and storage.listdir(storage.join(base, "job")) == []
+        storage.write_text(state, "{}")
+        storage.write_text(state, '{"a": 1}')  # replaced whole
+        assert storage.read_text(state) == '{"a": 1}' and storage.is_file(state)
+        src = tmp_path / "src"
+        (src / "sub").mkdir(parents=True)
+        big = os.urandom(12 * MB)
+        (src / "sub" / "big.bin").write_bytes(big)
+        (src / "w.pth").write_bytes(b"weights")
+        storage.upload(src, storage.join(base, "job", "cache"))
+        assert storage.listdir(storage.join(base, "job")) == ["cache", "state.json"]
+        back = storage.download(storage.join(base, "job", "cache"), tmp_path / "back")
+        assert (back / "sub" / "big.bin").read_bytes() == big and (back / "w.pth").read_bytes() == b"weights"
+        copy = storage.local_copy(storage.join(base, "job", "cache", "w.pth"))
+        assert copy is not None and Path(copy).read_bytes() == b"weights"
+        assert (storage.local_path(base) is None) == (kind == "s3")  # a remote file is copied, a local one is not
+        with storage.staged_dir(storage.join(base, "job", "out")) as local:
+            (local / "density.json").write_text("0.5")
+        assert storage.read_text(storage.join(base, "job", "out", "density.json")) == "0.5"
+        storage.delete(storage.join(base, "job", "cache"))
+        assert storage.listdir(storage.join(base, "job")) == ["out", "state.json"]
+
+
 # ------------------------------------------------------------------------------------------ (a) file:// on 2 nodes
 @pytest.fixture
 def two_nodes(monkeypatch):
@@ -97,6 +138,9 @@ def two_nodes(monkeypatch):
         c.shutdown()
 
 
+@pytest.mark.ray
+@pytest.mark.mlflow
+@pytest.mark.slow
 def test_file_uri_job_on_two_nodes_and_the_node_path_check(two_nodes, tmp_path: Path) -> None:
     import ray
 
@@ -175,6 +219,9 @@ def _wait_completed(uri: str, n: int, proc: subprocess.Popen, log: Path, timeout
     raise AssertionError(f"fewer than {n} trials completed in {timeout_s}s:\n{log.read_text()[-3000:]}")
 
 
+@pytest.mark.ray
+@pytest.mark.mlflow
+@pytest.mark.slow
 def test_s3_job_survives_a_killed_driver_with_exactly_n_trials(tmp_path: Path, ray_tmp: str, monkeypatch) -> None:
     import pyarrow.fs as pafs
 
