@@ -190,7 +190,7 @@ def test_file_uri_job_on_two_nodes_and_the_node_path_check(two_nodes, tmp_path: 
     line = str(err.value)
     print(f"missing on a node: {line}")
     assert len(line.splitlines()) == 1 and "teacher.weights" in line and str(weights) in line
-    assert "node " in line and "cannot see" in line and "shared" in line
+    assert "node " in line and "cannot see" in line and "every Ray node shares" in line
 
 
 # ------------------------------------------------------------------------- (b) s3://, driver killed, --resume
