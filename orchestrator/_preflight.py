@@ -208,6 +208,8 @@ def check_node_paths(
     nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
     if not paths:
         return []
+    if not ray.util.client.ray.is_connected() and nodes == [ray.get_runtime_context().get_node_id()]:
+        return nodes  # one node, the driver's own: preflight has just read these paths here
     task = ray.remote(num_cpus=0)(_missing)  # 0 CPUs: runs on a 0-CPU head and beside running trials
     refs = [
         task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(paths)
