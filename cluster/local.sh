@@ -9,6 +9,7 @@
 #
 # Then:  srcompress submit search_spaces/demo.yaml --address http://127.0.0.1:8265   (Jobs API; status/logs/stop)
 #        srcompress run search_spaces/demo.yaml --address 127.0.0.1:6390            (driver on this shell)
+# All nodes run on this machine, so they share its filesystem: data, weights and storage.path are seen by all.
 #
 # Settings (environment variables, defaults in brackets):
 #   SRCOMPRESS_LOCAL_WORKERS [2]             worker nodes

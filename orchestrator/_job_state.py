@@ -11,8 +11,9 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
+
+from orchestrator import storage
 
 
 @dataclass
@@ -35,22 +36,22 @@ class JobState:
     tune_state_digests: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, path: Path) -> JobState:
-        if not path.exists():
+    def load(cls, path: str | os.PathLike[str]) -> JobState:
+        """The state at ``path`` (a local path or a URI of ``orchestrator.storage``); empty when there is none."""
+        path = os.fspath(path)
+        if not storage.exists(path):
             return cls()
-        data = json.loads(path.read_text())
+        data = json.loads(storage.read_text(path))
         known = {f.name for f in fields(cls)}
         # Keys another version wrote (a newer field, a digest kept by another module) are kept apart, not lost.
         state = cls(**{k: v for k, v in data.items() if k in known})
         state._extra = {k: v for k, v in data.items() if k not in known}
         return state
 
-    def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the state atomically (readers see the old or the new file) to a local path or a URI."""
         data = {**getattr(self, "_extra", {}), **{f.name: getattr(self, f.name) for f in fields(self)}}
-        tmp.write_text(json.dumps(data, indent=2, default=str))
-        os.replace(tmp, path)
+        storage.write_text(os.fspath(path), json.dumps(data, indent=2, default=str))
 
 
 def _show(value: Any) -> str:

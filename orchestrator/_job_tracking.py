@@ -16,12 +16,9 @@ from sr.budget import price
 from sr.evaluate import evaluate_bicubic, evaluate_model
 
 
-def open_parent_run(tracker: Tracker, spec: Any, state: JobState, *, out: Path) -> str:
+def open_parent_run(tracker: Tracker, spec: Any, state: JobState, *, out: str | Path) -> str:
     """The job's experiment id; starts the search's parent run unless ``state`` has one (a resumed job)."""
-    exp_id = tracker.experiment_id(
-        spec.experiment_name,
-        artifact_location=None if tracker.uri.startswith("http") else default_artifact_root(out),
-    )
+    exp_id = tracker.experiment_id(spec.experiment_name, artifact_location=default_artifact_root(out, tracker.uri))
     if state.parent_run_id is None:
         state.parent_run_id = tracker.start_run(
             exp_id, f"search_{spec.name}", tags={KIND_TAG: "search", STATUS_TAG: "running", JOB_TAG: spec.name}
@@ -103,7 +100,7 @@ def log_stage_run(tracker: Tracker, exp_id: str, parent: str, kind: str, params:
     tracker.end_run(run_id)
 
 
-def finish(spec: Any, plan: Any, tracker: Tracker, exp_id: str, parent: str, results: Any, out: Path) -> dict:
+def finish(spec: Any, plan: Any, tracker: Tracker, exp_id: str, parent: str, results: Any, out: str | Path) -> dict:
     """Counts, Pareto tagging and the final table."""
     df = search_trials(tracker, spec.experiment_name, parent)
     if len(df) and "status" in df.columns:

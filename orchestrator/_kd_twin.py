@@ -20,7 +20,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import math
-import shutil
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 import ray
 from ray import tune
 
+from orchestrator import storage
 from orchestrator.results.pareto import search_front
 from orchestrator.search import SearchPlan, _fit_trainer, max_concurrent, trial_resources
 from orchestrator.tasks import ModelRef, TrackingRef, TrialTask, trial_task
@@ -125,7 +125,7 @@ def _twin_trainable(config: dict[str, Any], plan: SearchPlan, tasks: Mapping[str
 def _fit_twins(plan: SearchPlan, tasks: Mapping[str, TrialTask]) -> Any:
     """Every twin, as many at once as the trials ran; fresh Tune state (a finished twin is never rerun)."""
     name = f"{plan.name}_twins"
-    shutil.rmtree(plan.tune_dir.resolve() / name, ignore_errors=True)  # a killed earlier attempt's state
+    storage.delete(storage.join(plan.tune_dir, name))  # a killed earlier attempt's state
     trainable = tune.with_resources(
         tune.with_parameters(_twin_trainable, plan=plan, tasks=dict(tasks)), trial_resources(plan)
     )
@@ -141,7 +141,7 @@ def _fit_twins(plan: SearchPlan, tasks: Mapping[str, TrialTask]) -> Any:
         ),
         run_config=tune.RunConfig(
             name=name,
-            storage_path=str(plan.tune_dir.resolve()),
+            storage_path=plan.tune_dir,
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=plan.max_failures if plan.in_trial else 0),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),

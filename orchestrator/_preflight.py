@@ -9,6 +9,9 @@ data set left without any usable image fails. ``undo_new_dirs`` removes the fold
 
 ``prune_schedule(spec)`` resolves stage 1's schedule (``sr.prune_schedule``) and refuses one without a Prox-SG
 phase; ``run``, ``submit`` and ``plan`` all call it, so a spec fails the same way at each.
+Training data, validation/test sets and teacher (and VGG) weights are read from a filesystem every node shares
+(an NFS/PVC mount), not through the job's store: once Ray is up, ``check_node_paths`` runs one Ray task on each
+alive node and fails with one line naming the first node and path it cannot see.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from sr.data import default_train_sources, list_images, load_eval_pairs, read_im
 from sr.errors import CheckpointError, ConfigError, DataError
 from sr.prune_schedule import PruneSchedule, list_image_items, resolve_prune_schedule
 
-__all__ = ["count_train_images", "preflight", "prune_schedule", "undo_new_dirs"]
+__all__ = ["check_node_paths", "count_train_images", "preflight", "prune_schedule", "shared_paths", "undo_new_dirs"]
 
 _SSIM_WIN = 11  # sr.metrics' SSIM window: the smallest side left after removing the scale-px border
 
@@ -202,10 +205,15 @@ def _check_teacher(spec: JobSpec, spec_path: Any) -> None:
 
 
 @contextlib.contextmanager
-def undo_new_dirs(path: Path) -> Iterator[None]:
-    """On an exception, remove ``path`` and the parents this block created, when they are still empty."""
+def undo_new_dirs(location: str | Path) -> Iterator[None]:
+    """On an exception, remove ``location`` and the parents this block created, when they are still empty (a
+    local folder; an object store has no empty folders to undo)."""
+    text = str(location)
+    if is_uri(text) and not text.startswith("file://"):
+        yield
+        return
     created = []
-    p = path
+    p = Path(text.removeprefix("file://"))
     while not p.exists() and p != p.parent:
         created.append(p)
         p = p.parent
@@ -216,3 +224,64 @@ def undo_new_dirs(path: Path) -> Iterator[None]:
             with contextlib.suppress(OSError):  # not empty (or already gone): keep it
                 d.rmdir()
         raise
+
+
+def shared_paths(spec: JobSpec) -> list[tuple[str, str]]:
+    """``(spec key, path)`` of every local input a worker reads from the shared filesystem (not the job's store)."""
+    d = spec.data
+    found = [("teacher.weights", spec.teacher.weights)]
+    found += [(f"data.train[{i}]", p) for i, p in enumerate(d.train or [])]
+    found += [("data.val", d.val)] + [(f"data.test[{i}]", p) for i, p in enumerate(d.test or [])]
+    if spec.student.method == "csd" and spec.csd_settings.vgg_weights != "random":
+        found.append(("csd.vgg_weights", spec.csd_settings.vgg_weights))
+    return [(k, str(p)) for k, p in found if p is not None and not is_uri(str(p))]
+
+
+def _missing(paths: list[tuple[str, str]]) -> tuple[str, str, list[tuple[str, str]]]:
+    """This node's address and id, and the ``paths`` it does not see (runs as a Ray task on each node)."""
+    import ray  # deferred: runs inside a Ray worker, where ray is loaded already
+
+    node = (ray.util.get_node_ip_address(), ray.get_runtime_context().get_node_id())
+    return *node, [(k, p) for k, p in paths if not os.path.exists(p)]
+
+
+def check_node_paths(
+    spec: JobSpec, spec_path: str | os.PathLike[str] | None = None, *, timeout_s: float = 120
+) -> list[str]:
+    """One Ray task per alive node checks that the node sees every shared input (``shared_paths``); a missing one
+    is a one-line ``file:line: key: ...`` error naming the node and the path. Returns the ids of the nodes checked.
+    Nodes that join later (autoscaling) are not checked: their image or mount must provide the same paths (README,
+    ``cluster/``)."""
+    # deferred: ray is heavy, and only a job that has connected to Ray calls this
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    paths = shared_paths(spec)
+    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
+    if not paths:
+        return []
+    if not ray.util.client.ray.is_connected() and nodes == [ray.get_runtime_context().get_node_id()]:
+        return nodes  # one node, the driver's own: preflight has just read these paths here
+    task = ray.remote(num_cpus=0)(_missing)  # 0 CPUs: runs on a 0-CPU head and beside running trials
+    refs = [
+        task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(paths)
+        for node in nodes
+    ]
+    try:
+        answers = ray.get(refs, timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        print(f"[srcompress] warning: not every node answered the shared-path check in {timeout_s:.0f}s", flush=True)
+        return []
+    for ip, node_id, gone in answers:
+        if gone:
+            key, path = gone[0]
+            more = f" (and {len(gone) - 1} more)" if len(gone) > 1 else ""
+            raise key_error(
+                spec,
+                key,
+                f"node {ip} (id {node_id[:12]}) cannot see {path}{more}: training data and teacher weights are read "
+                "from a filesystem every Ray node shares; mount it at the same path on every node (README, "
+                "Storage) or copy the files there",
+                spec_path,
+            )
+    return [node_id for _, node_id, _ in answers]

@@ -38,6 +38,7 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.impl.tuner_internal import _TUNER_PKL
 
+from orchestrator import storage
 from orchestrator._job_state import JobState
 from sr.errors import UserError
 
@@ -73,25 +74,28 @@ def state_key() -> bytes:
     return path.read_bytes().strip()
 
 
-def file_digest(key: bytes, path: Path) -> str:
-    return hmac.new(key, path.name.encode() + b"\0" + path.read_bytes(), hashlib.sha256).hexdigest()
+def bytes_digest(key: bytes, name: str, data: bytes) -> str:
+    """The HMAC of a state file's name and content (the name binds a digest to the file it was made for)."""
+    return hmac.new(key, name.encode() + b"\0" + data, hashlib.sha256).hexdigest()
 
 
 def _state_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.name.endswith(PICKLED_SUFFIXES)) if folder.is_dir() else []
 
 
-def record(state_path: str | Path, files: Iterable[Path]) -> None:
-    """Add the digests of ``files`` to the job's ``tune_state_digests`` and save ``job_state.json`` if they changed."""
+def record(state_path: str | Path, files: Iterable[Path | tuple[str, bytes]]) -> None:
+    """Add the digests of ``files`` (local files, or ``(name, content)`` read from storage) to the job's
+    ``tune_state_digests`` and save ``job_state.json`` (a local path or a storage URI) if they changed."""
     state_path = str(state_path)
-    state = _LIVE.get(state_path) or JobState.load(Path(state_path))
+    state = _LIVE.get(state_path) or JobState.load(state_path)
     key = state_key()
     changed = False
     for f in files:
-        if not f.is_file():
+        if isinstance(f, Path) and not f.is_file():
             continue
-        digest = file_digest(key, f)
-        known = state.tune_state_digests.setdefault(f.name, [])
+        name, data = (f.name, f.read_bytes()) if isinstance(f, Path) else f
+        digest = bytes_digest(key, name, data)
+        known = state.tune_state_digests.setdefault(name, [])
         if known and known[-1] == digest:
             continue
         if digest in known:
@@ -100,24 +104,31 @@ def record(state_path: str | Path, files: Iterable[Path]) -> None:
         del known[:-KEEP]
         changed = True
     if changed:
-        state.save(Path(state_path))
+        state.save(state_path)
 
 
-def record_tuner(exp_dir: Path, state_path: str | Path) -> None:
-    """The digest of ``tuner.pkl``, which Tune writes straight to storage when the Tuner is made."""
-    record(state_path, [exp_dir / _TUNER_PKL])
+def record_tuner(exp_dir: str, state_path: str | Path) -> None:
+    """The digest of ``tuner.pkl``, which Tune writes straight to storage (``exp_dir``, a location of
+    ``orchestrator.storage``) when the Tuner is made."""
+    where = storage.join(exp_dir, _TUNER_PKL)
+    if storage.is_file(where):
+        record(state_path, [(_TUNER_PKL, storage.read_bytes(where))])
 
 
-def check_tune_state(exp_dir: Path, state_path: str | Path) -> None:
-    """Refuse (one line, before anything is unpickled) a Tune state file this job did not write."""
+def check_tune_state(exp_dir: str, state_path: str | Path) -> None:
+    """Refuse (one line, before anything is unpickled) a Tune state file in ``exp_dir`` (a local path or a storage
+    URI) this job did not write."""
     if os.environ.get(TRUST_ENV) == "1":
         print(f"[srcompress] warning: {TRUST_ENV}=1: restoring {exp_dir} without checking its digests", flush=True)
         return
     state_path = str(state_path)
-    recorded = (_LIVE.get(state_path) or JobState.load(Path(state_path))).tune_state_digests
+    recorded = (_LIVE.get(state_path) or JobState.load(state_path)).tune_state_digests
     key = state_key()
-    for f in _state_files(exp_dir):
-        if not f.is_file() or file_digest(key, f) not in recorded.get(f.name, ()):
+    for name in storage.listdir(exp_dir):
+        f = storage.join(exp_dir, name)
+        if not name.endswith(PICKLED_SUFFIXES):
+            continue
+        if not storage.is_file(f) or bytes_digest(key, name, storage.read_bytes(f)) not in recorded.get(name, ()):
             raise UserError(
                 f"{f} does not match a digest this job recorded in {state_path}, and --resume would unpickle it "
                 f"(run its code), so it is refused; if you wrote it yourself (e.g. copied the job from another "

@@ -10,12 +10,13 @@ Distributed structure of a job (numbered as they run; ``run_job`` calls one step
   [J6b] KD twins (``search.kd_twin``): chosen students retrained on ground truth alone (``orchestrator._kd_twin``);
   [J7] choose: Pareto front from MLflow, tagged on the runs and printed (``orchestrator._job_tracking.finish``).
 Stage outputs are recorded in ``<storage>/<name>/job_state.json`` (``JobState``) so ``--resume`` skips finished
-stages and reuses the same MLflow parent run.
+stages and reuses the same MLflow parent run. The job's folder ``out`` is a location of ``orchestrator.storage`` (a
+local path or a URI such as ``s3://...``): tasks on any node write their outputs there and read them back from
+there (``storage.staged_dir`` / ``storage.local_copy``), never through a path of the driver.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -27,16 +28,17 @@ import torch
 from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from orchestrator import storage
 from orchestrator._job_state import JobState, spec_diff
 from orchestrator._job_tracking import fallback_note, finish, log_reference_runs, log_stage_run, open_parent_run
 from orchestrator._kd_twin import run_twins
-from orchestrator._preflight import preflight, prune_schedule, undo_new_dirs
+from orchestrator._preflight import check_node_paths, preflight, prune_schedule, undo_new_dirs
 from orchestrator._ray_connect import connect_ray
 from orchestrator.search import SearchPlan, make_tuner
 from orchestrator.tasks import ModelRef, TrackingRef, data_ref, prune_task, teacher_ref, trial_template
 from orchestrator.tracking import PARENT_TAG, STATUS_TAG, Tracker, check_reachable
 from orchestrator.trial_tracking import make_status_callback, search_interrupted, search_starts
-from orchestrator.workers import prune_worker, val_pairs
+from orchestrator.workers import load_model, prune_worker, val_pairs
 from search_spaces import check_paths, clamp_to_space, job_space, load_job_spec, smallest_knobs
 from sr.allocate import allocate, allocate_arch
 from sr.budget import Budget, check_budget_reachable
@@ -44,7 +46,7 @@ from sr.data import resolve_train_sources
 from sr.errors import UserError
 from sr.models import family_of, resolve_knobs
 from sr.prune_schedule import PruneSchedule
-from sr.stages import fallback_teacher, load_model, teacher_cache_stage
+from sr.stages import fallback_teacher, teacher_cache_stage
 
 log = logging.getLogger(__name__)
 
@@ -62,28 +64,30 @@ def _use_gpu(spec: Any) -> bool:
 
 
 # ------------------------------------------------------------------------------------------- [J2] teacher
-def _train_fallback_teacher(spec: Any, out: Path) -> str:
+def _train_fallback_teacher(spec: Any, out: str) -> str:
     """A small teacher trained briefly on the training data (GT only), for machines without real weights."""
     fb = spec.teacher.fallback
     arch = fb.arch or spec.teacher.arch
     knobs = {**(spec.teacher.set if fb.arch is None else {}), "scale": spec.data.scale}
     train, scale, seed = data_ref(spec).train, spec.data.scale, spec.seed  # held-out validation images left out
+    where = storage.join(out, "teacher_fallback.pth")
 
     @ray.remote(num_cpus=1)
     def train_teacher() -> str:
         torch.set_num_threads(1)
-        path = fallback_teacher(
-            arch,
-            knobs,
-            train=train,
-            scale=scale,
-            steps=fb.steps,
-            batch_size=fb.batch_size,
-            lr=fb.lr,
-            seed=seed,
-            out=out / "teacher_fallback.pth",
-        )
-        return str(path)
+        with storage.staged_dir(out) as local:  # the job's store, seen from whichever node runs this task
+            fallback_teacher(
+                arch,
+                knobs,
+                train=train,
+                scale=scale,
+                steps=fb.steps,
+                batch_size=fb.batch_size,
+                lr=fb.lr,
+                seed=seed,
+                out=local / "teacher_fallback.pth",
+            )
+        return where
 
     print(f"[srcompress] no teacher weights: training a small {arch} teacher for {fb.steps} steps", flush=True)
     weights = ray.get(train_teacher.remote())
@@ -92,7 +96,7 @@ def _train_fallback_teacher(spec: Any, out: Path) -> str:
     return weights
 
 
-def resolve_teacher(spec: Any, out: Path) -> tuple[ModelRef, str | None]:
+def resolve_teacher(spec: Any, out: str) -> tuple[ModelRef, str | None]:
     """The teacher's arch/knobs/weights; trains the fallback when the spec has no usable weights."""
     weights = spec.teacher.weights
     if weights and not Path(weights).exists():
@@ -101,8 +105,8 @@ def resolve_teacher(spec: Any, out: Path) -> tuple[ModelRef, str | None]:
         else:
             raise UserError(f"teacher weights {weights} not found; fix teacher.weights or set if_missing: train")
     if weights is None:
-        existing = out / "teacher_fallback.pth"
-        weights = str(existing) if existing.exists() else _train_fallback_teacher(spec, out)
+        existing = storage.join(out, "teacher_fallback.pth")
+        weights = existing if storage.exists(existing) else _train_fallback_teacher(spec, out)
         fb_arch = spec.teacher.fallback.arch
         if fb_arch:
             return ModelRef(fb_arch, {"scale": spec.data.scale}, weights), weights
@@ -111,10 +115,11 @@ def resolve_teacher(spec: Any, out: Path) -> tuple[ModelRef, str | None]:
 
 # --------------------------------------------------------------------------------------------- [J3] prune
 def run_prune(
-    spec: Any, teacher: ModelRef, out: Path, tracking: TrackingRef | None, schedule: PruneSchedule | None = None
+    spec: Any, teacher: ModelRef, out: str, tracking: TrackingRef | None, schedule: PruneSchedule | None = None
 ) -> float:
-    """[J3] A TorchTrainer pruning run of the teacher ([W1] ``prune_worker`` on each rank); returns the density."""
-    task = prune_task(spec, teacher=teacher, out=out / "prune", tracking=tracking, schedule=schedule)
+    """[J3] A TorchTrainer pruning run of the teacher ([W1] ``prune_worker`` on each rank); returns the density,
+    which the workers report (rank 0 also writes ``pruned.pth`` and ``density.json`` to ``<out>/prune``)."""
+    task = prune_task(spec, teacher=teacher, out=storage.join(out, "prune"), tracking=tracking, schedule=schedule)
     trainer = TorchTrainer(
         prune_worker,
         train_loop_config={"task": task},
@@ -125,36 +130,37 @@ def run_prune(
         ),
         run_config=RunConfig(
             name=f"{spec.name}_prune",
-            storage_path=str((out / "train").resolve()),
+            storage_path=storage.join(out, "train"),
             failure_config=FailureConfig(max_failures=max(0, spec.failure.max_failures)),
         ),
     )
-    trainer.fit()
-    return float(json.loads((out / "prune" / "density.json").read_text())["density"])
+    return float(trainer.fit().metrics["density"])
 
 
 # --------------------------------------------------------------------------------------------- [J5] cache
-def build_cache(spec: Any, teacher: ModelRef, out: Path) -> str:
-    """Teacher outputs on a fixed patch pool, computed once per job by a Ray task and reused by every trial."""
+def build_cache(spec: Any, teacher: ModelRef, out: str) -> str:
+    """Teacher outputs on a fixed patch pool, computed once per job by a Ray task and reused by every trial;
+    returns its location in the job's store (``<out>/cache/<key>``), which trials copy to their node."""
     n, scale, seed, patch = spec.data.cache.n_patches, spec.data.scale, spec.seed, spec.data.patch_at(0)
     train, skip_bad = data_ref(spec).train, spec.data.skip_bad  # held-out validation images left out
 
     @ray.remote(num_cpus=1)
     def cache_task() -> str:
         torch.set_num_threads(1)
-        model = load_model(teacher.arch, teacher.knobs, teacher.weights)
-        info = teacher_cache_stage(
-            model,
-            resolve_train_sources(train),
-            scale=scale,
-            hr_patch=patch,
-            seed=seed,
-            n_patches=n,
-            out_dir=out / "cache",
-            skip_bad=skip_bad,
-            device="cpu",
-        )
-        return str(info.path)
+        model = load_model(teacher)
+        with storage.staged_dir(storage.join(out, "cache")) as local:
+            info = teacher_cache_stage(
+                model,
+                resolve_train_sources(train),
+                scale=scale,
+                hr_patch=patch,
+                seed=seed,
+                n_patches=n,
+                out_dir=local,
+                skip_bad=skip_bad,
+                device="cpu",
+            )
+        return storage.join(out, "cache", Path(info.path).name)
 
     return ray.get(cache_task.remote())
 
@@ -184,7 +190,7 @@ def _paper_point(spec: Any, state: JobState, space: dict[str, Any]) -> dict[str,
 
 
 def plan_search(
-    spec: Any, *, teacher: ModelRef, state: JobState, tracking: dict[str, Any] | None, out: Path
+    spec: Any, *, teacher: ModelRef, state: JobState, tracking: dict[str, Any] | None, out: str
 ) -> SearchPlan:
     """The SearchPlan of a spec (pure apart from reading the cluster's GPU count)."""
     space = job_space(spec)
@@ -192,7 +198,7 @@ def plan_search(
     sched = spec.search.scheduler
     return SearchPlan(
         name=spec.name,
-        storage=str(out),
+        storage=out,
         student_arch=spec.student.arch,
         space=space,
         budget=_budget(spec),
@@ -227,7 +233,7 @@ class _Job:
     """One running job: its spec, folder, persisted state and MLflow parent run (what every stage step needs)."""
 
     spec: Any
-    out: Path
+    out: str  # the job's folder in its store (orchestrator.storage location)
     state: JobState
     tracker: Tracker
     exp_id: str
@@ -243,7 +249,7 @@ class _Job:
         return {"uri": self.tracker.uri, "experiment_id": self.exp_id, "parent_run_id": self.parent}
 
     def save(self) -> None:
-        self.state.save(self.out / "job_state.json")
+        self.state.save(storage.join(self.out, "job_state.json"))
 
     def stage_run(self, kind: str, params: dict, metrics: dict) -> None:
         log_stage_run(self.tracker, self.exp_id, self.parent, kind, params, metrics)
@@ -278,7 +284,7 @@ def _checked_spec(spec_path: str | Path) -> Any:
 def _open_state(
     spec: Any,
     spec_path: str | Path,
-    out: Path,
+    out: str,
     *,
     resume: bool,
     uri: str | None = None,
@@ -292,9 +298,9 @@ def _open_state(
     Nothing is written here: the job's folder appears once Ray is connected (``_Job.save``). ``uri`` is the
     tracking URI the job logs to (default: the spec's)."""
     uri = uri or spec.tracking_uri
-    state_path = out / "job_state.json"
+    state_path = storage.join(out, "job_state.json")
     state = JobState.load(state_path) if resume else JobState()
-    if not resume and state_path.exists():
+    if not resume and storage.exists(state_path):
         raise UserError(
             f"{out} already holds a job named {spec.name!r}; rerun with --resume to continue it, "
             "or change name/storage.path for a new one"
@@ -485,10 +491,11 @@ def run_job(
     spec = _checked_spec(spec_path)
     uri = tracking_uri or spec.tracking_uri
     check_reachable(uri)
-    out = Path(spec.storage.path).resolve() / spec.name
+    out = storage.join(spec.storage.path, spec.name)
     with undo_new_dirs(out):  # a start that fails here leaves no empty job folder behind
         state = _open_state(spec, spec_path, out, resume=resume, uri=uri, allow_changed_spec=allow_changed_spec)
         connect_ray(address, num_cpus=num_cpus, verbose=verbose)  # [J1]
+        check_node_paths(spec, spec_path)  # every node sees the shared-filesystem inputs
     tracker = Tracker(uri)
     job = _Job(spec, out, state, tracker, open_parent_run(tracker, spec, state, out=out))
     job.save()

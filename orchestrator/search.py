@@ -47,6 +47,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator import _state_digest as sd
+from orchestrator import storage as store
 from orchestrator import trial_tracking as tt
 from orchestrator._job_state import JobState
 from orchestrator._ray_connect import TRIAL_RESOURCE
@@ -101,7 +102,7 @@ class SearchPlan:
     """Everything the Tune layer needs, as plain values (built from the job spec by ``orchestrator.job``)."""
 
     name: str
-    storage: str
+    storage: str  # the job's folder: a local path or a URI (orchestrator.storage)
     student_arch: str
     space: Mapping[str, Any]  # C/L/B/KD dims: ranges or fixed values (search_spaces.suggest)
     budget: Budget
@@ -131,8 +132,8 @@ class SearchPlan:
         return self.trial_runner == "auto" and self.workers_per_trial == 1
 
     @property
-    def tune_dir(self) -> Path:
-        return Path(self.storage) / "tune"
+    def tune_dir(self) -> str:
+        return store.join(self.storage, "tune")
 
 
 # ---------------------------------------------------------------------------------------------- naming / arch
@@ -407,7 +408,7 @@ def _fit_trainer(plan: SearchPlan, worker_fn: Any, task: TrialTask) -> Any:
         run_config=RunConfig(
             # The same name resumes this trial's Train run after a driver restart (same storage).
             name=task.name,
-            storage_path=str(Path(plan.storage).resolve() / "train"),
+            storage_path=store.join(plan.storage, "train"),
             failure_config=FailureConfig(max_failures=plan.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=[TuneReportCallback()],
@@ -448,13 +449,13 @@ def make_tuner(
     ``job_state.json`` (``state``, the running job's own, or the file) and refuses one it did not write
     (``orchestrator._state_digest``); both kinds of Tuner record the digests of what they write."""
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan), trial_resources(plan))
-    exp_dir = plan.tune_dir / plan.name
-    state_path = str(Path(plan.storage).resolve() / "job_state.json")
+    exp_dir = store.join(plan.tune_dir, plan.name)
+    state_path = store.join(plan.storage, "job_state.json")
     sd.register_live(state_path, state)
     callbacks = [*(callbacks or []), sd.StateDigestCallback(plan.name, state_path)]
-    if resume and tune.Tuner.can_restore(str(exp_dir)):
+    if resume and tune.Tuner.can_restore(exp_dir):
         sd.check_tune_state(exp_dir, state_path)  # before Tuner.restore unpickles tuner.pkl
-        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_unfinished=True, resume_errored=True)
         local = getattr(tuner, "_local_tuner", None)  # None under Ray Client, where the Tuner lives on the head
         if local is not None:
             # The restored RunConfig holds the callbacks unpickled from tuner.pkl (made by the first run, with its
@@ -500,7 +501,7 @@ def _run_config(plan: SearchPlan, callbacks: list | None) -> tune.RunConfig:
     """Where the search's state lives (``<storage>/tune/<name>``) and how its trials fail and checkpoint."""
     return tune.RunConfig(
         name=plan.name,
-        storage_path=str(plan.tune_dir.resolve()),
+        storage_path=plan.tune_dir,
         callbacks=callbacks or [],
         verbose=0,
         # An in-trial run is restarted by Tune from its last checkpoint (a TorchTrainer restarts its own group).

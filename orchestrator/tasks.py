@@ -248,10 +248,11 @@ def trial_task(
 
 
 def prune_task(
-    spec: JobSpec, *, teacher: ModelRef, out: Path, tracking: TrackingRef | None, schedule: PruneSchedule | None
+    spec: JobSpec, *, teacher: ModelRef, out: str, tracking: TrackingRef | None, schedule: PruneSchedule | None
 ) -> PruneTask:
-    """The pruning run of the spec's ``prune`` section on ``teacher``; ``schedule``: the driver's resolution of it
-    (``orchestrator._preflight.prune_schedule``), or None when the driver cannot list the images."""
+    """The pruning run of the spec's ``prune`` section on ``teacher``; ``out``: its folder in the job's store;
+    ``schedule``: the driver's resolution of it (``orchestrator._preflight.prune_schedule``), or None when the
+    driver cannot list the images."""
     p = spec.prune
     cfg = PruneConfig(
         family=family_of(teacher.arch),
@@ -275,7 +276,7 @@ def prune_task(
         hr_patch=spec.data.patch_at(0),
         scale=spec.data.scale,
         data=data_ref(spec),
-        output_dir=str(out),
+        output_dir=out,
         threads=threads_per_worker(spec),
         tracking=tracking,
         n_images=p.n_images,

@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from search_spaces import store_uri
+from search_spaces._values import is_uri
 from sr.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -43,12 +45,22 @@ class TrackingUnavailable(UserError):
 
 
 def default_tracking_uri(storage: str | Path) -> str:
-    """Embedded default: a sqlite file under the job's storage folder."""
-    return f"sqlite:///{Path(storage).resolve() / 'mlflow.db'}"
+    """Embedded default: a sqlite file under the job's storage folder (``store_uri`` of the folder)."""
+    return store_uri(storage)
 
 
-def default_artifact_root(storage: str | Path) -> str:
-    return str(Path(storage).resolve() / "mlartifacts")
+def default_artifact_root(storage: str | Path, tracking_uri: str | None = None) -> str | None:
+    """Where a new experiment keeps its artifacts: ``<storage>/mlartifacts`` for a local (or ``file://``) storage
+    folder; beside a sqlite store when the storage is remote (``s3://``: MLflow would need boto3 and the endpoint,
+    so artifacts stay with the store they belong to); None (the server's own root) for a tracking server."""
+    if tracking_uri is not None and tracking_uri.startswith(("http://", "https://")):
+        return None
+    text = str(storage)
+    if not is_uri(text) or text.startswith("file://"):
+        folder = Path(text.removeprefix("file://")).expanduser().resolve()
+        return str(folder / "mlartifacts")
+    db = tracking_uri[len("sqlite:///") :] if tracking_uri and tracking_uri.startswith("sqlite:///") else None
+    return str(Path(db).parent / "mlartifacts") if db else None
 
 
 def check_reachable(uri: str, *, timeout_s: float = 5.0) -> None:

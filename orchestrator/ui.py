@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from orchestrator.tracking import default_artifact_root, default_tracking_uri
+from orchestrator.tracking import default_artifact_root
 from search_spaces import load_job_spec
 from sr.errors import UserError
 
@@ -161,17 +161,12 @@ def stop_server(proc: subprocess.Popen, *, timeout_s: float = 10.0) -> None:
         proc.wait(timeout=timeout_s)
 
 
-def store_of_job(job_path: str | Path) -> tuple[str, str, str]:
+def store_of_job(job_path: str | Path) -> tuple[str, str | None, str]:
     """``(backend_uri, artifact_root, experiment)`` of a job spec: its tracking URI (sqlite under
-    ``storage.path`` by default) and ``<storage.path>/<name>/mlartifacts``."""
+    ``storage.path`` by default) and where the job's experiment keeps its artifacts (``default_artifact_root``)."""
     spec = load_job_spec(job_path)
-    out = Path(spec.storage.path) / spec.name
-    return spec.tracking_uri, default_artifact_root(out), spec.experiment_name
-
-
-def store_of_storage(storage: str | Path) -> tuple[str, str]:
-    """``(backend_uri, artifact_root)`` of a storage folder: ``<storage>/mlflow.db`` and ``<storage>/mlartifacts``."""
-    return default_tracking_uri(storage), default_artifact_root(storage)
+    out = f"{spec.storage.path.split('?')[0].rstrip('/')}/{spec.name}"  # the job's folder (no URI query needed)
+    return spec.tracking_uri, default_artifact_root(out, spec.tracking_uri), spec.experiment_name
 
 
 def sqlite_path(uri: str) -> Path | None:

@@ -17,6 +17,7 @@ worker start-up: ~12 s per trial, bench/overhead.py).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from orchestrator import storage
 from orchestrator.tasks import DataRef, ModelRef, PruneTask, TrackingRef, TrialTask, task_record
 from orchestrator.tracking import Tracker
 from sr import stages
@@ -64,8 +66,9 @@ def run_in_trial(worker_fn: Any, task: TrialTask) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------ shared bits
 def load_model(ref: ModelRef) -> torch.nn.Module:
-    """Build a :class:`ModelRef` through ``sr.stages.load_model`` (the one model loader)."""
-    return stages.load_model(ref.arch, ref.knobs, ref.weights)
+    """Build a :class:`ModelRef` through ``sr.stages.load_model`` (the one model loader); weights in the job's
+    store (a fallback teacher) are copied to this node first."""
+    return stages.load_model(ref.arch, ref.knobs, storage.local_copy(ref.weights))
 
 
 def train_sources(data: DataRef) -> list:
@@ -229,7 +232,7 @@ def kd_worker(config: dict[str, Any]) -> None:
         student_weights=task.student.weights,
         teacher=teacher,
         sources=() if data.cache_dir else train_sources(data),
-        cache_dir=data.cache_dir,
+        cache_dir=storage.local_copy(data.cache_dir),  # the job's store -> this node
         skip_bad=data.skip_bad,
         val_pairs=pairs,
         report=_reporter(static, task.tracking, rank, world, total_steps=kd.steps),
@@ -286,17 +289,21 @@ def prune_worker(config: dict[str, Any]) -> None:
     local = Path(tempfile.mkdtemp(prefix=f"prune_r{rank}_"))
     resume_dir, resumed_step = _restore_checkpoint(local)
     report = _reporter({RESUMED_FROM_KEY: resumed_step}, task.tracking, rank, world, total_steps=cfg.steps)
-    stages.prune_stage(
-        model,
-        cfg,
-        train_data=dataset,
-        out=Path(task.output_dir),
-        checkpoint_dir=local,
-        resume=resume_dir is not None,
-        report=report,
-        rank=rank,
-        world_size=world,
-    )
+    # Rank 0 writes pruned.pth and density.json locally; they land in the job's store when the stage returns.
+    with storage.staged_dir(task.output_dir) if rank == 0 else contextlib.nullcontext(None) as out:
+        result = stages.prune_stage(
+            model,
+            cfg,
+            train_data=dataset,
+            out=out,
+            checkpoint_dir=local,
+            resume=resume_dir is not None,
+            report=report,
+            rank=rank,
+            world_size=world,
+        )
+    # The density reaches the driver in the run's last report (from every rank, as Train V2 needs).
+    report({"density": result.density, "step": cfg.steps})
     shutil.rmtree(local, ignore_errors=True)
 
 

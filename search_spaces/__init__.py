@@ -75,12 +75,16 @@ from search_spaces._space import (
     student_knobs,
     suggest,
 )
+from search_spaces._store import STORE_DB, StoreError, store_uri
 from search_spaces._values import SizeError, parse_size
 from search_spaces._yaml import load_job_spec, parse_job_spec
 from sr.errors import ConfigError
 
 __all__ = [
     "ARCH_DIMS",
+    "STORE_DB",
+    "StoreError",
+    "store_uri",
     "BudgetsSpec",
     "CSDSpec",
     "CSD_DIMS",

@@ -9,7 +9,8 @@ from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, fie
 
 from search_spaces._dims import Choice, Dim, NumDim, Range, SpecModel
 from search_spaces._errors import KeyedError
-from search_spaces._values import InputPath, OutputPath, Scalar, Size, env_only, expand_env, input_path
+from search_spaces._store import store_uri
+from search_spaces._values import InputPath, Scalar, Size, env_only, expand_env, input_path
 
 
 class TeacherFallback(SpecModel):
@@ -481,22 +482,29 @@ class SearchSpec(SpecModel):
 class TrackingSpec(SpecModel):
     """MLflow tracking."""
 
-    uri: str | None = Field(None, description="tracking URI (${VAR} expanded); null = sqlite under storage.path")
+    uri: str | None = Field(
+        None,
+        description="the MLflow store: a folder, a .db file or a URI (${VAR} expanded; a relative path resolves "
+        "against the spec's folder); null = sqlite under storage.path",
+    )
     experiment: str | None = Field(None, description="experiment name; null = the job name")
 
     @field_validator("uri")
     @classmethod
-    def _expand(cls, value: str | None) -> str | None:
-        return env_only(value)
+    def _expand(cls, value: str | None, info: ValidationInfo) -> str | None:
+        value = env_only(value)
+        # The one store resolver (srcompress --store takes the same forms).
+        return None if value is None else store_uri(value, base=(info.context or {}).get("base_dir"))
 
 
 class StorageSpec(SpecModel):
     """Where Ray results, checkpoints and the default MLflow store go."""
 
-    path: OutputPath = Field(
+    path: InputPath = Field(
         "./srcompress_runs",
         validate_default=True,
-        description="folder or URI; relative paths resolve against the current directory",
+        description="folder or URI (s3://, gs://, file://); a relative path resolves against the spec's folder, "
+        "like every other path of the spec",
     )
 
 

@@ -88,10 +88,6 @@ def input_path(value: str, info: ValidationInfo) -> str:
     return _resolve(value, (info.context or {}).get("base_dir"))
 
 
-def output_path(value: str, info: ValidationInfo) -> str:
-    return _resolve(value, (info.context or {}).get("cwd"))
-
-
 def env_only(value: str | None) -> str | None:
     if value is None:
         return None
@@ -110,7 +106,6 @@ def _positive_size(value: Any) -> Any:
 
 
 InputPath = Annotated[str, AfterValidator(input_path)]
-OutputPath = Annotated[str, AfterValidator(output_path)]
 Number = Annotated[int | float, BeforeValidator(_number)]
 Size = Annotated[int | None, BeforeValidator(_positive_size)]
 Scalar = bool | int | float | str

@@ -185,16 +185,14 @@ def _from_validation_error(exc: ValidationError, data: Any, lines: dict[str, int
     return spec_error(source, line_of(lines, split_key(key)), key or "<top>", message)
 
 
-def parse_job_spec(
-    text: str, *, source: str = "<string>", base_dir: str | Path | None = None, cwd: str | Path | None = None
-) -> JobSpec:
+def parse_job_spec(text: str, *, source: str = "<string>", base_dir: str | Path | None = None) -> JobSpec:
     """Validate job-spec YAML ``text`` into a :class:`JobSpec`.
 
     Args:
         text: the YAML document.
         source: file name used in error messages.
-        base_dir: folder that relative input paths resolve against (default: the current directory).
-        cwd: folder that a relative ``storage.path`` resolves against (default: the current directory).
+        base_dir: folder that relative paths (inputs, ``storage.path``, a ``tracking.uri`` folder or ``.db``)
+            resolve against (default: the current directory).
 
     Raises:
         SpecError: YAML syntax, a non-mapping top level, or any invalid key or value (one line with its line).
@@ -224,10 +222,7 @@ def parse_job_spec(
         )
     lines: dict[str, int] = {}
     _line_map(node, [], lines, source)
-    context = {
-        "base_dir": str(base_dir) if base_dir is not None else None,
-        "cwd": str(cwd) if cwd is not None else None,
-    }
+    context = {"base_dir": str(base_dir) if base_dir is not None else None}
     try:
         spec = JobSpec.model_validate(data, context=context)
     except ValidationError as exc:

@@ -353,10 +353,10 @@ def test_paths_resolve_against_spec_folder_and_env(tmp_path: Path, monkeypatch: 
         "arch: edsr_baseline",
         "arch: edsr_baseline\n  weights: ../w/teacher.pth",
     ) + ("data:\n  train: ['${SRC_TEST_ROOT}/DIV2K', '${SRC_TEST_MISSING:-rel}/T91']\nstorage: {path: out}\n")
-    spec = parse_job_spec(text, base_dir=tmp_path / "specs", cwd=tmp_path / "cwd")
+    spec = parse_job_spec(text, base_dir=tmp_path / "specs")
     assert spec.teacher.weights == str(tmp_path / "w" / "teacher.pth")
     assert spec.data.train == ["/data/root/DIV2K", str(tmp_path / "specs" / "rel" / "T91")]
-    assert spec.storage.path == str(tmp_path / "cwd" / "out")
+    assert spec.storage.path == str(tmp_path / "specs" / "out")  # like every other spec path
 
 
 def test_check_paths_reports_missing_and_empty(tmp_path: Path) -> None:

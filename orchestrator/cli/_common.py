@@ -10,12 +10,29 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from search_spaces import store_uri
 from sr.errors import UserError
 
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", help="Knob override KEY=VALUE (repeatable), e.g. --set C=24")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table")]
+# One way to name the MLflow store in every command (the spec's tracking.uri takes the same forms); the older
+# spellings --tracking-uri and --storage (ui) still work.
+StoreOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        "--tracking-uri",
+        "--storage",
+        help="MLflow store: a folder (its mlflow.db), a .db file, or a URI (sqlite:///..., http://HOST:PORT)",
+    ),
+]
+
+
+def store_option(value: str | None) -> str | None:
+    """The tracking URI that ``--store`` names (``search_spaces.store_uri``), None when not given."""
+    return None if value is None else store_uri(value, what="--store")
 
 
 def parse_knobs(items: list[str] | None) -> dict[str, Any]:

@@ -3,10 +3,11 @@
 Registered on the app by ``orchestrator.cli``; the work is done by ``orchestrator.results`` (imported inside each
 command: it loads pandas, pyarrow and torch, which the other commands do not need).
 
-They read a job's MLflow store: ``--tracking-uri`` when given, else the store of ``--job JOB.yaml`` (its
-``tracking.uri``, or ``sqlite:///<storage.path>/mlflow.db``), else ``./srcompress_runs/mlflow.db`` (the default
-``storage.path`` of ``search_spaces/demo.yaml``, relative to the current directory). A sqlite file that does not
-exist is an error rather than a new empty store.
+They read a job's MLflow store: ``--store`` when given (a folder holding ``mlflow.db``, a ``.db`` file or a URI,
+resolved by ``search_spaces.store_uri`` like the spec's ``tracking.uri``; ``--tracking-uri`` and ``--storage`` are
+older spellings), else the store of ``--job JOB.yaml`` (its ``tracking.uri``, or ``<storage.path>/mlflow.db``),
+else ``./srcompress_runs/mlflow.db`` (where ``search_spaces/demo.yaml`` writes when run from the repository). A
+sqlite file that does not exist is an error rather than a new empty store.
 """
 
 from __future__ import annotations
@@ -20,16 +21,14 @@ from typing import Annotated, Any
 import typer
 
 from orchestrator import ui as _ui
-from orchestrator.cli._common import JsonOpt, _fmt_g, _fmt_int, _print_table, check_output
-from orchestrator.tracking import Tracker, check_reachable, default_tracking_uri
+from orchestrator.cli._common import JsonOpt, StoreOpt, _fmt_g, _fmt_int, _print_table, check_output, store_option
+from orchestrator.tracking import Tracker, check_reachable, default_artifact_root, default_tracking_uri
 from search_spaces import load_job_spec, parse_size
 from sr.errors import UserError
 
 DEFAULT_STORAGE = "./srcompress_runs"
 
-TrackingOpt = Annotated[
-    str | None, typer.Option("--tracking-uri", help="MLflow URI (default: the --job's store, else ./srcompress_runs)")
-]
+TrackingOpt = StoreOpt  # default: the --job's store, else ./srcompress_runs
 JobOpt = Annotated[str | None, typer.Option("--job", help="Job spec YAML whose store (and experiment) to read")]
 ExperimentOpt = Annotated[
     str | None, typer.Option("--experiment", help="MLflow experiment name (default: the --job's experiment)")
@@ -46,15 +45,16 @@ ParentOpt = Annotated[str | None, typer.Option("--parent-run-id", help="Only thi
 def resolve_store(tracking_uri: str | None, job: str | None) -> tuple[str, str | None]:
     """``(tracking URI, the job's experiment or None)``; one-line errors for a missing store or a dead server."""
     experiment = None
+    given = store_option(tracking_uri)
     if job is not None:
         spec = load_job_spec(job)
         experiment = spec.experiment_name
-        uri = tracking_uri or spec.tracking_uri
+        uri = given or spec.tracking_uri
     else:
-        uri = tracking_uri or default_tracking_uri(DEFAULT_STORAGE)
+        uri = given or default_tracking_uri(DEFAULT_STORAGE)
     db = _ui.sqlite_path(uri)
     if db is not None and not db.is_file():
-        hint = "--tracking-uri/--job" if (tracking_uri or job) else "--tracking-uri URI or --job JOB.yaml"
+        hint = "--store/--job" if (tracking_uri or job) else "--store FOLDER|FILE.db|URI or --job JOB.yaml"
         raise UserError(f"no MLflow store at {db}; run a job first (srcompress run JOB.yaml) or pass {hint}")
     check_reachable(uri)
     return uri, experiment
@@ -324,27 +324,27 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def ui(
-    storage: Annotated[
-        str | None, typer.Option(help="Storage folder holding mlflow.db (default ./srcompress_runs)")
-    ] = None,
+    store: StoreOpt = None,
     job: JobOpt = None,
     port: Annotated[int, typer.Option(help="TCP port", min=1, max=65535)] = 5000,
     host: Annotated[str, typer.Option(help="Interface to bind; 0.0.0.0 exposes the UI to the network")] = "127.0.0.1",
     wait_s: Annotated[float, typer.Option(help="Seconds to wait for the server to come up")] = 60.0,
 ) -> None:
     """Start the MLflow UI on a job's store and block until Ctrl-C."""
-    if storage is not None and job is not None:
-        raise UserError("--storage and --job exclude each other; pass one")
+    if store is not None and job is not None:
+        raise UserError("--store and --job exclude each other; pass one")
     experiment = None
     if job is not None:
         backend, artifacts, experiment = _ui.store_of_job(job)
     else:
-        backend, artifacts = _ui.store_of_storage(storage or DEFAULT_STORAGE)
+        backend = store_option(store) or default_tracking_uri(DEFAULT_STORAGE)
+        artifacts = None
     db = _ui.sqlite_path(backend)
     if db is None:
         raise UserError(f"the job tracks to {backend}, a server already; open it in a browser instead of srcompress ui")
     if not db.is_file():
-        raise UserError(f"no MLflow store at {db}; run a job first (srcompress run JOB.yaml) or pass --storage/--job")
+        raise UserError(f"no MLflow store at {db}; run a job first (srcompress run JOB.yaml) or pass --store/--job")
+    artifacts = artifacts or default_artifact_root(db.parent)
     exp_id = None
     if experiment is not None:
         exp = Tracker(backend).client.get_experiment_by_name(experiment)

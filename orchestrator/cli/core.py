@@ -15,12 +15,14 @@ import typer
 from orchestrator.cli._common import (
     JsonOpt,
     SetOpt,
+    StoreOpt,
     _fmt_g,
     _fmt_int,
     _print_table,
     check_knobs,
     load_model,
     parse_knobs,
+    store_option,
 )
 from sr.errors import UserError
 
@@ -227,7 +229,7 @@ def run(
             "tracking.experiment/uri is always refused",
         ),
     ] = False,
-    tracking_uri: Annotated[str | None, typer.Option(help="MLflow URI (default: sqlite under storage)")] = None,
+    store: StoreOpt = None,
     num_cpus: Annotated[int | None, typer.Option(help="CPUs of the local Ray cluster (default: all)")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Ray's worker logs too")] = False,
 ) -> None:
@@ -244,7 +246,7 @@ def run(
             job,
             address=address,
             resume=resume,
-            tracking_uri=tracking_uri,
+            tracking_uri=store_option(store),  # default: the spec's tracking.uri (sqlite under storage.path)
             num_cpus=num_cpus,
             verbose=verbose,
             allow_changed_spec=allow_changed_spec,
