@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import ray
 import torch
 from ray import tune
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -50,6 +49,7 @@ from orchestrator import _state_digest as sd
 from orchestrator import trial_tracking as tt
 from orchestrator._job_state import JobState
 from orchestrator._ray_connect import TRIAL_RESOURCE
+from orchestrator.concurrency import concurrency
 from orchestrator.csd_worker import csd_worker
 from orchestrator.tasks import ModelRef, TrackingRef, TrialTask, TrialTemplate, trial_task
 from orchestrator.workers import kd_worker, run_in_trial
@@ -425,15 +425,10 @@ def trial_resources(plan: SearchPlan) -> dict[str, float]:
     return {TRIAL_RESOURCE: 1}
 
 
-def max_concurrent(plan: SearchPlan, cluster: Mapping[str, float]) -> int:
-    """Trials that fit at once: the cluster's CPUs (and GPUs) over one trial's workers, at least 1."""
-    if plan.max_concurrent_trials:
-        return plan.max_concurrent_trials
-    per_trial_cpu = plan.workers_per_trial * plan.cpus_per_worker
-    n = int(cluster.get("CPU", 0) // per_trial_cpu) if per_trial_cpu else plan.num_samples
-    if plan.use_gpu and plan.gpus_per_worker:
-        n = min(n, int(cluster.get("GPU", 0) // (plan.workers_per_trial * plan.gpus_per_worker)))
-    return max(1, min(n, plan.num_samples))
+def max_concurrent(plan: SearchPlan, cluster: Mapping[str, float] | None = None) -> int:
+    """Trials Tune runs at once: the spec's ``max_concurrent_trials``, else what the cluster holds at its
+    autoscaling maximum (``orchestrator.concurrency.concurrency``); the rest wait as resource requests."""
+    return concurrency(plan, cluster=cluster)[1]
 
 
 def make_tuner(
@@ -483,7 +478,7 @@ def _asha(plan: SearchPlan) -> ASHAScheduler | None:
 def _tune_config(plan: SearchPlan) -> tune.TuneConfig:
     """What the Tuner draws and runs: the searcher, the scheduler and how many trials at once."""
     scheduler = _asha(plan)
-    concurrent = max_concurrent(plan, ray.cluster_resources())
+    concurrent = max_concurrent(plan)
     return tune.TuneConfig(
         search_alg=make_searcher(plan),
         scheduler=scheduler,
