@@ -430,7 +430,10 @@ class SearchSpec(SpecModel):
     )
     num_samples: int = Field(32, ge=1, description="trials in all (the paper-rule seed included)")
     max_concurrent_trials: int | None = Field(
-        None, ge=1, description="null = derived from the cluster's free resources"
+        None,
+        ge=1,
+        description="null = what the cluster holds at its autoscaling maximum (else now); trials that do not fit "
+        "yet wait as resource requests, so the autoscaler adds nodes",
     )
     population_size: int | None = Field(None, ge=2, description="NSGA-II population; null = max(4, num_samples/3)")
     skip_infeasible: bool = Field(
@@ -445,11 +448,6 @@ class SearchSpec(SpecModel):
         "sqlite at <storage.path>/<name>/optuna.db. The study is named after the job; open it with "
         "optuna.load_study or optuna-dashboard",
     )
-
-    @field_validator("optuna_storage")
-    @classmethod
-    def _expand_storage(cls, value: str | None) -> str | None:
-        return env_only(value)
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     enqueue_paper_rule: bool = Field(True, description="seed the search with the paper's C/L/B allocation")
     seed: int | None = Field(None, ge=0, description="sampler seed; null = the top-level seed")
@@ -459,6 +457,11 @@ class SearchSpec(SpecModel):
         "steps, init and batches) and log kd_gain_db = its PSNR - the twin's on the trial run; true or 'pareto' = "
         "every front model, a list = those trial (run) names; false = none. Doubles the front's training time",
     )
+
+    @field_validator("optuna_storage")
+    @classmethod
+    def _expand_storage(cls, value: str | None) -> str | None:
+        return env_only(value)
 
     @field_validator("kd_twin", mode="before")
     @classmethod
