@@ -238,22 +238,27 @@ class BudgetedOptunaSearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is not None and result and "constraint_latency_ms" in result:
-            with contextlib.suppress(ValueError, TypeError):
-                ot_trial.set_constraint("latency_ms", float(result["constraint_latency_ms"]))
         key = self._draw_keys.pop(trial_id, None)
         status = _draw_status(result, error=error, early_stopping=self._early_stopping)
-        if ot_trial is not None and trial_id not in self._completed_trials:
-            ot_trial.set_user_attr(STATUS_ATTR, status)
-        if status == "stopped-early" and ot_trial is not None and trial_id not in self._completed_trials:
-            # Its last PSNR is a truncated run's: Optuna (and dedupe) must not take it as the config's result.
-            self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
-            self._completed_trials.add(trial_id)
-            return
         if key is not None and result and status == "completed":
             values = [result.get(m) for m in self._metric]
             if all(finite(v) for v in values):
                 self._done[key] = [float(v) for v in values]
+        if ot_trial is not None and trial_id not in self._completed_trials:
+            try:
+                if result and "constraint_latency_ms" in result:
+                    with contextlib.suppress(ValueError, TypeError):
+                        ot_trial.set_constraint("latency_ms", float(result["constraint_latency_ms"]))
+                ot_trial.set_user_attr(STATUS_ATTR, status)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # Told before a driver kill that Tune's older snapshot missed: the study already holds its result.
+                self._completed_trials.add(trial_id)
+                return
+            if status == "stopped-early":
+                # Its last PSNR is a truncated run's: Optuna (and dedupe) must not take it as the config's result.
+                self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
+                self._completed_trials.add(trial_id)
+                return
         super().on_trial_complete(trial_id, result=result, error=error)
 
     def restore(self, checkpoint_path: str) -> None:
