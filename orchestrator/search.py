@@ -1,8 +1,11 @@
 """Ray Tune + Optuna multi-objective search; every feasible trial is a KD run.
 
 Distributed structure (each Ray call below is marked with its number):
-  [T1] ``Tuner`` on the driver (``make_tuner``) with an ``OptunaSearch`` (NSGA-II / MO-TPE / random, ``make_searcher``)
-       and optional ASHA; ``TrialStatusCallback`` (``orchestrator.trial_tracking``) closes the runs Tune ends.
+  [T1] ``Tuner`` on the driver (``make_tuner``) with an ``OptunaSearch`` (NSGA-II / MO-TPE / random, ``make_searcher``;
+       its study in the job's RDB, ``orchestrator._optuna_study``), optional ASHA (MO-ASHA with several objectives,
+       ``orchestrator.mo_asha``) and as many trials at once as the cluster holds at its autoscaling maximum
+       (``orchestrator.concurrency``); ``TrialStatusCallback`` (``orchestrator.trial_tracking``) closes the runs
+       Tune ends.
   [T2] ``run_trial``: a Tune function trainable per trial. It prices the architecture, measures latency if
        budgeted, opens the trial's MLflow child run and then...
   [T3] ...with one worker per trial (``resources.trial_runner: auto``) runs ``kd_worker`` (``csd_worker`` for
@@ -14,7 +17,8 @@ Budgets: params/MACs are priced inside the define-by-run function and attached t
 ``trial.set_constraint``. With ``search.skip_infeasible`` (default) the searcher answers an over-budget draw itself
 (Optuna is told it is infeasible, an MLflow child run records it, and the same Tune trial draws again), so no
 trial slot is spent on it; otherwise the trial returns at once from ``run_trial`` (never trained) with a marker
-result. ``search.dedupe`` answers a draw identical to a trained trial with that trial's result. Latency is only
+result. ``search.dedupe`` answers a draw identical to a trained trial with that trial's result (never a trial the
+scheduler stopped early: that one is PRUNED in Optuna). Latency is only
 known on the trial's device, so ``run_trial`` reports it and ``BudgetedOptunaSearch`` attaches that constraint
 before telling Optuna.
 
