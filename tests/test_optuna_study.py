@@ -9,29 +9,17 @@ from pathlib import Path
 
 import optuna
 import pytest
+from test_searcher import _plan as searcher_plan
 
 from orchestrator import _optuna_study as ost
 from orchestrator.search import SearchPlan, make_searcher
 from sr.budget import Budget
 from sr.errors import UserError
 
-SPACE = {"C": {"low": 8, "high": 24, "step": 8}, "L": 1, "B": {"low": 1, "high": 3}, "w_gt": 0.1, "scale": 2}
-BUDGET = 30_000  # C=24 with B>=2 is over it
-
 
 def _plan(tmp: Path, **changes) -> SearchPlan:
-    plan = SearchPlan(
-        name="job",
-        storage=str(tmp / "runs" / "job"),
-        student_arch="edsr_mini",
-        space=SPACE,
-        budget=Budget(max_params=BUDGET),
-        objectives=(("psnr_y", "max"), ("macs_720p", "min")),
-        algorithm="random",
-        num_samples=8,
-        seed=3,
-    )
-    return replace(plan, **changes)
+    """test_searcher's plan (edsr_mini, 30k-parameter budget, random sampler), stored under ``tmp``."""
+    return replace(searcher_plan(), name="job", storage=str(tmp / "runs" / "job"), seed=3, **changes)
 
 
 def _searcher(plan: SearchPlan):
