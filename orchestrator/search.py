@@ -173,9 +173,14 @@ class BudgetedOptunaSearch(OptunaSearch):
     every trial slot trains a new feasible configuration (bench/search_replay.py measures the gain).
 
     Its state (``__dict__``, answered draws included) is pickled into Tune's experiment checkpoint, so a resumed
-    search keeps it; answered draws are recorded under ids derived from Optuna's trial number, which a resumed
-    study hands out again, so a redrawn answer finds its MLflow run instead of duplicating it.
+    search keeps it. The study itself lives in the job's RDB (``orchestrator._optuna_study``): a resumed search
+    continues it, and hands the RUNNING draws of a killed driver out again under their numbers (``restore``), so a
+    redrawn trial finds its MLflow run (ids derive from the number) instead of duplicating it.
     """
+
+    # Defaults for a searcher unpickled from a job started before these attributes existed.
+    _early_stopping = False
+    _orphans: list[int] = []  # noqa: RUF012 (empty, so never popped; restore sets an instance list)
 
     def __init__(
         self, *args: Any, plan: SearchPlan | None = None, early_stopping: bool | None = None, **kwargs: Any
