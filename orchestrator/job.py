@@ -224,6 +224,7 @@ def plan_search(
         population_size=spec.search.population_size,
         skip_infeasible=spec.search.skip_infeasible,
         dedupe=spec.search.dedupe,
+        optuna_storage=spec.search.optuna_storage,
         trial_runner=spec.resources.trial_runner,
     )
 

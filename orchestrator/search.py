@@ -1,8 +1,11 @@
 """Ray Tune + Optuna multi-objective search; every feasible trial is a KD run.
 
 Distributed structure (each Ray call below is marked with its number):
-  [T1] ``Tuner`` on the driver (``make_tuner``) with an ``OptunaSearch`` (NSGA-II / MO-TPE / random, ``make_searcher``)
-       and optional ASHA; ``TrialStatusCallback`` (``orchestrator.trial_tracking``) closes the runs Tune ends.
+  [T1] ``Tuner`` on the driver (``make_tuner``) with an ``OptunaSearch`` (NSGA-II / MO-TPE / random, ``make_searcher``;
+       its study in the job's RDB, ``orchestrator._optuna_study``), optional ASHA (MO-ASHA with several objectives,
+       ``orchestrator.mo_asha``) and as many trials at once as the cluster holds at its autoscaling maximum
+       (``orchestrator.concurrency``); ``TrialStatusCallback`` (``orchestrator.trial_tracking``) closes the runs
+       Tune ends.
   [T2] ``run_trial``: a Tune function trainable per trial. It prices the architecture, measures latency if
        budgeted, opens the trial's MLflow child run and then...
   [T3] ...with one worker per trial (``resources.trial_runner: auto``) runs ``kd_worker`` (``csd_worker`` for
@@ -14,7 +17,8 @@ Budgets: params/MACs are priced inside the define-by-run function and attached t
 ``trial.set_constraint``. With ``search.skip_infeasible`` (default) the searcher answers an over-budget draw itself
 (Optuna is told it is infeasible, an MLflow child run records it, and the same Tune trial draws again), so no
 trial slot is spent on it; otherwise the trial returns at once from ``run_trial`` (never trained) with a marker
-result. ``search.dedupe`` answers a draw identical to a trained trial with that trial's result. Latency is only
+result. ``search.dedupe`` answers a draw identical to a trained trial with that trial's result (never a trial the
+scheduler stopped early: that one is PRUNED in Optuna). Latency is only
 known on the trial's device, so ``run_trial`` reports it and ``BudgetedOptunaSearch`` attaches that constraint
 before telling Optuna.
 
@@ -37,21 +41,23 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import ray
 import torch
 from ray import tune
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator import _state_digest as sd
 from orchestrator import storage as store
 from orchestrator import trial_tracking as tt
 from orchestrator._job_state import JobState
+from orchestrator._optuna_study import STATUS_ATTR, open_storage, orphan_trial_ids, prepare_study, study_name
 from orchestrator._ray_connect import TRIAL_RESOURCE
+from orchestrator.concurrency import concurrency
 from orchestrator.csd_worker import csd_worker
+from orchestrator.mo_asha import MOASHAScheduler
 from orchestrator.tasks import ModelRef, TrackingRef, TrialTask, TrialTemplate, trial_task
 from orchestrator.workers import kd_worker, run_in_trial
 from search_spaces import CSD_DIMS, KD_DIMS, make_space_fn, shared_channels, student_knobs
@@ -125,6 +131,7 @@ class SearchPlan:
     skip_infeasible: bool = True  # the searcher answers over-budget draws itself (no trial slot spent)
     dedupe: bool = True  # the searcher answers a draw identical to a trained trial with its result
     trial_runner: str = "auto"  # auto: one-worker trials train inside the Tune trial; trainer: always TorchTrainer
+    optuna_storage: str | None = None  # the study's RDB URL; None = sqlite under storage (orchestrator._optuna_study)
 
     @property
     def in_trial(self) -> bool:
@@ -167,11 +174,18 @@ class BudgetedOptunaSearch(OptunaSearch):
     every trial slot trains a new feasible configuration (bench/search_replay.py measures the gain).
 
     Its state (``__dict__``, answered draws included) is pickled into Tune's experiment checkpoint, so a resumed
-    search keeps it; answered draws are recorded under ids derived from Optuna's trial number, which a resumed
-    study hands out again, so a redrawn answer finds its MLflow run instead of duplicating it.
+    search keeps it. The study itself lives in the job's RDB (``orchestrator._optuna_study``): a resumed search
+    continues it, and hands the RUNNING draws of a killed driver out again under their numbers (``restore``), so a
+    redrawn trial finds its MLflow run (ids derive from the number) instead of duplicating it.
     """
 
-    def __init__(self, *args: Any, plan: SearchPlan | None = None, **kwargs: Any) -> None:
+    # Defaults for a searcher unpickled from a job started before these attributes existed.
+    _early_stopping = False
+    _orphans: list[int] = []  # noqa: RUF012 (empty, so never popped; restore sets an instance list)
+
+    def __init__(
+        self, *args: Any, plan: SearchPlan | None = None, early_stopping: bool | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._plan = plan
         self._skip_infeasible = bool(plan and plan.skip_infeasible)
@@ -180,12 +194,20 @@ class BudgetedOptunaSearch(OptunaSearch):
         self._done: dict[str, list[float]] = {}  # draw key -> objective values of a finished, trained trial
         self.answered = {"infeasible": 0, "duplicate": 0}
         self._recorded: set[str] = set()  # infeasible configurations already recorded as MLflow runs
+        # A trial ended without ``done_training`` was stopped by the scheduler: PRUNED, never a result.
+        self._early_stopping = bool(plan and plan.asha) if early_stopping is None else early_stopping
+        self._orphans: list[int] = []  # storage ids of RUNNING study trials to hand out again (see ``restore``)
 
     def suggest(self, trial_id: str) -> dict | None:
         for redraw in range(MAX_REDRAWS + 1):
+            if trial_id not in self._ot_trials and self._orphans:
+                # A draw of the killed driver that no restored trial holds: the same trial again (Optuna returns
+                # its recorded parameters), so the resumed study has no duplicate and no dangling RUNNING trial.
+                self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, self._orphans.pop(0))
             with warnings.catch_warnings():
                 # Pricing a draw (a meta-device FLOP count) is meant to run here, before any training.
                 warnings.filterwarnings("ignore", message="Define-by-run function passed in the `space` argument")
+                warnings.filterwarnings("ignore", message="The constraint value is ignored")  # a re-handed draw
                 cfg = super().suggest(trial_id)
             if not isinstance(cfg, dict):
                 return cfg
@@ -215,6 +237,7 @@ class BudgetedOptunaSearch(OptunaSearch):
     def _answer(self, trial_id: str, cfg: dict[str, Any], key: str, reason: str, values: list[float]) -> None:
         """Tell Optuna the draw's result without a trial, record it, and free the Tune trial id for a new draw."""
         ot_trial = self._ot_trials.pop(trial_id)
+        ot_trial.set_user_attr(STATUS_ATTR, reason)  # an infeasible one also carries its constraints (> 0)
         self._ot_study.tell(ot_trial, values)
         self.answered[reason] += 1
         # One infeasible run per distinct configuration (a sampler may draw the same one many times); all counted.
@@ -225,15 +248,47 @@ class BudgetedOptunaSearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is not None and result and "constraint_latency_ms" in result:
-            with contextlib.suppress(ValueError, TypeError):
-                ot_trial.set_constraint("latency_ms", float(result["constraint_latency_ms"]))
         key = self._draw_keys.pop(trial_id, None)
-        if key is not None and result and not error and not result.get("infeasible"):
+        status = _draw_status(result, error=error, early_stopping=self._early_stopping)
+        if key is not None and result and status == "completed":
             values = [result.get(m) for m in self._metric]
             if all(finite(v) for v in values):
                 self._done[key] = [float(v) for v in values]
+        if ot_trial is not None and trial_id not in self._completed_trials:
+            try:
+                if result and "constraint_latency_ms" in result:
+                    with contextlib.suppress(ValueError, TypeError):
+                        ot_trial.set_constraint("latency_ms", float(result["constraint_latency_ms"]))
+                ot_trial.set_user_attr(STATUS_ATTR, status)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # Told before a driver kill that Tune's older snapshot missed: the study already holds its result.
+                self._completed_trials.add(trial_id)
+                return
+            if status == "stopped-early":
+                # Its last PSNR is a truncated run's: Optuna (and dedupe) must not take it as the config's result.
+                self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
+                self._completed_trials.add(trial_id)
+                return
         super().on_trial_complete(trial_id, result=result, error=error)
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Tune's restore of the searcher (``--resume``), then the study's RUNNING trials that no restored trial
+        holds are queued to be handed out again (``_optuna_study.orphan_trial_ids``)."""
+        super().restore(checkpoint_path)
+        known = {t.number for t in self._ot_trials.values()}
+        self._orphans = orphan_trial_ids(self._ot_study, known) if self._storage is not None else []
+
+
+def _draw_status(result: Mapping[str, Any] | None, *, error: bool, early_stopping: bool) -> str:
+    """How a Tune trial ended, for Optuna: failed, infeasible (a marker result), stopped-early (the scheduler
+    stopped it before its last step: no ``done_training``) or completed."""
+    if error or not result:
+        return "failed"
+    if result.get("infeasible"):
+        return "infeasible"
+    if early_stopping and result.get("done_training") != 1:
+        return "stopped-early"
+    return "completed"
 
 
 def _record_answered_draw(
@@ -266,9 +321,15 @@ def sampler_settings(plan: SearchPlan) -> dict[str, Any]:
     return {}
 
 
-def make_searcher(plan: SearchPlan, sampler_kwargs: Mapping[str, Any] | None = None):
+def make_searcher(
+    plan: SearchPlan,
+    sampler_kwargs: Mapping[str, Any] | None = None,
+    *,
+    storage: optuna.storages.BaseStorage | None = None,
+):
     """[T1] OptunaSearch over the define-by-run space with the chosen multi-objective sampler
-    (``sampler_kwargs`` override ``sampler_settings``; the search replay benchmark uses them)."""
+    (``sampler_kwargs`` override ``sampler_settings``; the search replay benchmark uses them). ``storage``: the
+    study's RDB (``_optuna_study.open_storage``; the job's search always gives one), else in memory."""
     cls = {
         "nsga2": optuna.samplers.NSGAIISampler,
         "motpe": optuna.samplers.TPESampler,
@@ -287,6 +348,8 @@ def make_searcher(plan: SearchPlan, sampler_kwargs: Mapping[str, Any] | None = N
         sampler=sampler,
         points_to_evaluate=points,
         plan=plan,
+        storage=storage,
+        study_name=study_name(plan) if storage is not None else None,
     )
 
 
@@ -426,15 +489,10 @@ def trial_resources(plan: SearchPlan) -> dict[str, float]:
     return {TRIAL_RESOURCE: 1}
 
 
-def max_concurrent(plan: SearchPlan, cluster: Mapping[str, float]) -> int:
-    """Trials that fit at once: the cluster's CPUs (and GPUs) over one trial's workers, at least 1."""
-    if plan.max_concurrent_trials:
-        return plan.max_concurrent_trials
-    per_trial_cpu = plan.workers_per_trial * plan.cpus_per_worker
-    n = int(cluster.get("CPU", 0) // per_trial_cpu) if per_trial_cpu else plan.num_samples
-    if plan.use_gpu and plan.gpus_per_worker:
-        n = min(n, int(cluster.get("GPU", 0) // (plan.workers_per_trial * plan.gpus_per_worker)))
-    return max(1, min(n, plan.num_samples))
+def max_concurrent(plan: SearchPlan, cluster: Mapping[str, float] | None = None) -> int:
+    """Trials Tune runs at once: the spec's ``max_concurrent_trials``, else what the cluster holds at its
+    autoscaling maximum (``orchestrator.concurrency.concurrency``); the rest wait as resource requests."""
+    return concurrency(plan, cluster=cluster)[1]
 
 
 def make_tuner(
@@ -462,31 +520,37 @@ def make_tuner(
             # plan); this run's own take their place.
             local.get_run_config().callbacks = callbacks
         return tuner, True
-    tuner = tune.Tuner(trainable, tune_config=_tune_config(plan), run_config=_run_config(plan, callbacks))
+    tuner = tune.Tuner(
+        trainable, tune_config=_tune_config(plan, resume=resume), run_config=_run_config(plan, callbacks)
+    )
     sd.record_tuner(exp_dir, state_path)
     return tuner, False
 
 
-def _asha(plan: SearchPlan) -> ASHAScheduler | None:
-    """ASHA on the validation PSNR the workers report every ``val_every`` steps (``search.scheduler: asha``)."""
+def _asha(plan: SearchPlan) -> TrialScheduler | None:
+    """Early stopping on what the workers report every ``val_every`` steps (``search.scheduler: asha``): ASHA on
+    the validation PSNR with one objective, MO-ASHA (``orchestrator.mo_asha``: non-dominated sorting over every
+    objective) with several, so the cheap end of a PSNR-vs-cost front is not stopped for its lower PSNR."""
     if not plan.asha:
         return None
+    max_t = plan.worker.kd.steps if plan.worker is not None else 1000
+    grace, rf = int(plan.asha.get("grace_period", 1)), float(plan.asha.get("reduction_factor", 2))
+    if len(plan.objectives) > 1:
+        return MOASHAScheduler(plan.objectives, time_attr="step", max_t=max_t, grace_period=grace, reduction_factor=rf)
     return ASHAScheduler(
-        time_attr="step",
-        metric="val_psnr_y",
-        mode="max",
-        max_t=plan.worker.kd.steps if plan.worker is not None else 1000,
-        grace_period=int(plan.asha.get("grace_period", 1)),
-        reduction_factor=float(plan.asha.get("reduction_factor", 2)),
+        time_attr="step", metric="val_psnr_y", mode="max", max_t=max_t, grace_period=grace, reduction_factor=rf
     )
 
 
-def _tune_config(plan: SearchPlan) -> tune.TuneConfig:
-    """What the Tuner draws and runs: the searcher, the scheduler and how many trials at once."""
+def _tune_config(plan: SearchPlan, *, resume: bool = False) -> tune.TuneConfig:
+    """What the Tuner draws and runs: the searcher (its study in the job's RDB), the scheduler and how many
+    trials at once."""
     scheduler = _asha(plan)
-    concurrent = max_concurrent(plan, ray.cluster_resources())
+    concurrent = max_concurrent(plan)
+    storage = open_storage(plan)
+    prepare_study(plan, storage, resume=resume)
     return tune.TuneConfig(
-        search_alg=make_searcher(plan),
+        search_alg=make_searcher(plan, storage=storage),
         scheduler=scheduler,
         num_samples=plan.num_samples,
         max_concurrent_trials=concurrent,

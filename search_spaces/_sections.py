@@ -422,10 +422,16 @@ class ResourcesSpec(SpecModel):
 class SchedulerSpec(SpecModel):
     """Early stopping of weak trials on the validation PSNR."""
 
-    type: Literal["asha", "none"] = Field("none", description="asha: stop weak trials early; none: run all")
+    type: Literal["asha", "none"] = Field(
+        "none",
+        description="asha: stop weak trials early (with several objectives MO-ASHA: a rung ranks trials by "
+        "non-dominated sorting over them, so cheap trials are not stopped for a lower PSNR); none: run all",
+    )
     grace_period: int = Field(1, ge=1, description="validation reports before a trial can be stopped")
     reduction_factor: float = Field(4.0, gt=1, description="ASHA keeps 1/reduction_factor of trials per rung")
-    metric: Literal["val_psnr_y"] = Field("val_psnr_y", description="reported metric it compares (maximized)")
+    metric: Literal["val_psnr_y"] = Field(
+        "val_psnr_y", description="reported metric it compares (maximized) with a single objective"
+    )
 
 
 class SearchSpec(SpecModel):
@@ -436,7 +442,10 @@ class SearchSpec(SpecModel):
     )
     num_samples: int = Field(32, ge=1, description="trials in all (the paper-rule seed included)")
     max_concurrent_trials: int | None = Field(
-        None, ge=1, description="null = derived from the cluster's free resources"
+        None,
+        ge=1,
+        description="null = what the cluster holds at its autoscaling maximum (else now); trials that do not fit "
+        "yet wait as resource requests, so the autoscaler adds nodes",
     )
     population_size: int | None = Field(None, ge=2, description="NSGA-II population; null = max(4, num_samples/3)")
     skip_infeasible: bool = Field(
@@ -445,6 +454,12 @@ class SearchSpec(SpecModel):
         "and draws again, so every trial trains a feasible model; false: they use up trials",
     )
     dedupe: bool = Field(True, description="answer a draw identical to a trained trial with its result, not a rerun")
+    optuna_storage: str | None = Field(
+        None,
+        description="the Optuna study's database URL (sqlite:///..., postgresql://...; ${VAR} expanded); null = "
+        "sqlite at <storage.path>/<name>/optuna.db. The study is named after the job; open it with "
+        "optuna.load_study or optuna-dashboard",
+    )
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     enqueue_paper_rule: bool = Field(True, description="seed the search with the paper's C/L/B allocation")
     seed: int | None = Field(None, ge=0, description="sampler seed; null = the top-level seed")
@@ -454,6 +469,11 @@ class SearchSpec(SpecModel):
         "steps, init and batches) and log kd_gain_db = its PSNR - the twin's on the trial run; true or 'pareto' = "
         "every front model, a list = those trial (run) names; false = none. Doubles the front's training time",
     )
+
+    @field_validator("optuna_storage")
+    @classmethod
+    def _expand_storage(cls, value: str | None) -> str | None:
+        return env_only(value)
 
     @field_validator("kd_twin", mode="before")
     @classmethod

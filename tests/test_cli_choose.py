@@ -65,7 +65,7 @@ def test_pareto_json_front_budgets_and_uris(search, capsys):
     out = _json(capsys, [*base, "--parent-run-id", "0" * 32])
     assert out["models"] == [] and out["n_trials"] == 0
     out = _json(capsys, [*base, "--objectives", "psnr_y:max,params:min"])
-    assert _names(out["models"]) == {"t06", "t07", "t00", "t01", "t04", "t11", "t03", "t05"}
+    assert _names(out["models"]) == {"t06", "t07", "t00", "t01", "t04", "t11", "t03"}  # t05 stopped early
 
 
 @pytest.mark.mlflow

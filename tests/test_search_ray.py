@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import optuna
 import psutil
 import pytest
 
@@ -97,6 +98,12 @@ def test_searcher_answers_infeasible_draws_and_every_trial_trains(ray_local, tin
     # Every answered draw is counted; each distinct over-budget configuration has one run.
     assert parent.data.metrics["draws_answered_infeasible"] >= len(infeasible)
     assert not infeasible.duplicated(["C", "B"]).any()
+    # The Optuna study persists beside the job (issue 13): every draw, infeasible ones marked by constraints.
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'runs' / 'tiny' / 'optuna.db'}")
+    status = {t.number: t.user_attrs.get("srcompress_status") for t in study.trials}
+    assert sum(s == "completed" for s in status.values()) == 4 and "RUNNING" not in {t.state.name for t in study.trials}
+    over = [t for t in study.trials if status[t.number] == "infeasible"]
+    assert len(over) >= len(infeasible) and all(max(t.constraints.values()) > 0 for t in over)
 
 
 def _kill_after_checkpoints(
@@ -210,6 +217,10 @@ def test_driver_killed_then_resume_runs_each_trial_once(tiny_job, tmp_path):
     assert finished_before <= set(df["run_id"])
     state = json.loads((storage / "tiny" / "job_state.json").read_text())
     assert state["parent_run_id"] == df["parent_run_id"].iloc[0]
+    # One Optuna study across the kill: nothing left RUNNING, each trained trial told once.
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{storage / 'tiny' / 'optuna.db'}")
+    assert "RUNNING" not in {t.state.name for t in study.trials}
+    assert sum(t.user_attrs.get("srcompress_status") == "completed" for t in study.trials) == num_samples
 
 
 def test_killed_trial_process_resumes_from_checkpoint(ray_local, tiny_job, tmp_path):

@@ -29,7 +29,9 @@ Mode = Literal["max", "min"]
 Objective = tuple[str, Mode]
 
 DEFAULT_OBJECTIVES = "psnr_y:max,macs_720p:min"
-GOOD_STATUSES = ("completed", "stopped-early")
+GOOD_STATUSES = ("completed", "stopped-early")  # trained trials (drawn in the report)
+# Trials a front may hold: a trial stopped early by the scheduler has a truncated PSNR and no uploaded weights.
+FRONT_STATUSES = ("completed",)
 REFERENCE_KINDS = ("teacher", "bicubic")
 
 # Columns of a trial row, by type. Integer-valued ones use pandas' nullable Int64 (a trial may lack them).
@@ -395,7 +397,7 @@ def apply_budgets(
     max_macs: float | None = None,
     max_latency_ms: float | None = None,
     device: str | None = None,
-    statuses: Iterable[str] | None = GOOD_STATUSES,
+    statuses: Iterable[str] | None = FRONT_STATUSES,
 ) -> pd.DataFrame:
     """Trials within the budgets (params, 720p MACs, latency in ms on ``device``) and of the given statuses."""
     for col in ("params", "macs_720p", "latency_ms", "latency_device", "status"):
@@ -442,7 +444,7 @@ def pareto_models(
     max_macs: float | None = None,
     max_latency_ms: float | None = None,
     device: str | None = None,
-    statuses: Iterable[str] | None = GOOD_STATUSES,
+    statuses: Iterable[str] | None = FRONT_STATUSES,
 ) -> pd.DataFrame:
     """The Pareto-optimal trials after the budget filters, best first by the first objective.
 
