@@ -3,8 +3,9 @@
 Distributed structure (each Ray call below is marked with its number):
   [T1] ``Tuner`` on the driver (``make_tuner``) with an ``OptunaSearch`` (NSGA-II / MO-TPE / random, ``make_searcher``)
        and optional ASHA; ``TrialStatusCallback`` (``orchestrator.trial_tracking``) closes the runs Tune ends.
-  [T2] ``run_trial``: a Tune function trainable per trial. It prices the architecture, measures latency if
-       budgeted, opens the trial's MLflow child run and then...
+  [L1] ``orchestrator.latency``: when an objective or a budget needs latency, the searcher times each drawn
+       architecture (once) by a Ray task on a node of the spec's target kind, before any trial starts.
+  [T2] ``run_trial``: a Tune function trainable per trial. It opens the trial's MLflow child run and then...
   [T3] ...with one worker per trial (``resources.trial_runner: auto``) runs ``kd_worker`` (``csd_worker`` for
        ``student.method: csd``) in its own process through ``workers.run_in_trial`` (it then holds the worker's
        CPUs/GPU and Tune's ``FailureConfig`` restarts it from its checkpoint); otherwise it holds one unit of the
@@ -14,9 +15,8 @@ Budgets: params/MACs are priced inside the define-by-run function and attached t
 ``trial.set_constraint``. With ``search.skip_infeasible`` (default) the searcher answers an over-budget draw itself
 (Optuna is told it is infeasible, an MLflow child run records it, and the same Tune trial draws again), so no
 trial slot is spent on it; otherwise the trial returns at once from ``run_trial`` (never trained) with a marker
-result. ``search.dedupe`` answers a draw identical to a trained trial with that trial's result. Latency is only
-known on the trial's device, so ``run_trial`` reports it and ``BudgetedOptunaSearch`` attaches that constraint
-before telling Optuna.
+result. ``search.dedupe`` answers a draw identical to a trained trial with that trial's result. Latency is priced
+like MACs, before training ([L1]): an over-latency draw is answered like an over-budget one.
 
 Dependencies point one way: this module -> ``orchestrator.trial_tracking`` (MLflow child runs) ->
 ``orchestrator.tracking``; trial runs are given names and knobs computed here.
@@ -24,8 +24,6 @@ Dependencies point one way: this module -> ``orchestrator.trial_tracking`` (MLfl
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
 import math
@@ -38,7 +36,6 @@ from typing import Any
 
 import optuna
 import ray
-import torch
 from ray import tune
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
@@ -51,13 +48,12 @@ from orchestrator import trial_tracking as tt
 from orchestrator._job_state import JobState
 from orchestrator._ray_connect import TRIAL_RESOURCE
 from orchestrator.csd_worker import csd_worker
+from orchestrator.latency import LatencyPricer, LatencyTarget, latency_metrics, latency_tags
 from orchestrator.tasks import ModelRef, TrackingRef, TrialTask, TrialTemplate, trial_task
 from orchestrator.workers import kd_worker, run_in_trial
 from search_spaces import CSD_DIMS, KD_DIMS, make_space_fn, shared_channels, student_knobs
 from sr.budget import Budget, price
-from sr.complexity import lr_shape_for, measure_latency_ms
-from sr.models import arch_tag, build
-from sr.reparam import fold
+from sr.models import arch_tag
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +120,7 @@ class SearchPlan:
     skip_infeasible: bool = True  # the searcher answers over-budget draws itself (no trial slot spent)
     dedupe: bool = True  # the searcher answers a draw identical to a trained trial with its result
     trial_runner: str = "auto"  # auto: one-worker trials train inside the Tune trial; trainer: always TorchTrainer
+    latency: LatencyTarget | None = None  # where draws are timed; None: no objective or budget needs latency
 
     @property
     def in_trial(self) -> bool:
@@ -160,9 +157,10 @@ def _draw_key(cfg: Mapping[str, Any]) -> str:
 
 
 class BudgetedOptunaSearch(OptunaSearch):
-    """OptunaSearch that (a) attaches the latency constraint measured by the trial before Optuna is told the
-    result, (b) with ``skip_infeasible`` answers over-budget draws itself and (c) with ``dedupe`` answers a draw
-    identical to a finished trial with that trial's result; (b) and (c) draw again for the same Tune trial, so
+    """OptunaSearch that (a) prices a draw's latency before training ([L1], once per architecture) and attaches it
+    as a metric, the run's tags and, under a latency budget, an Optuna constraint, (b) with ``skip_infeasible``
+    answers over-budget (and over-latency) draws itself and (c) with ``dedupe`` answers a draw identical to a
+    finished trial with that trial's result; (b) and (c) draw again for the same Tune trial, so
     every trial slot trains a new feasible configuration (bench/search_replay.py measures the gain).
 
     Its state (``__dict__``, answered draws included) is pickled into Tune's experiment checkpoint, so a resumed
@@ -179,6 +177,7 @@ class BudgetedOptunaSearch(OptunaSearch):
         self._done: dict[str, list[float]] = {}  # draw key -> objective values of a finished, trained trial
         self.answered = {"infeasible": 0, "duplicate": 0}
         self._recorded: set[str] = set()  # infeasible configurations already recorded as MLflow runs
+        self._latency = LatencyPricer(plan.latency) if plan is not None and plan.latency is not None else None
 
     def suggest(self, trial_id: str) -> dict | None:
         for redraw in range(MAX_REDRAWS + 1):
@@ -188,6 +187,8 @@ class BudgetedOptunaSearch(OptunaSearch):
                 cfg = super().suggest(trial_id)
             if not isinstance(cfg, dict):
                 return cfg
+            if self._latency is not None and not cfg.get("_infeasible"):
+                self._price_latency(trial_id, cfg)
             key = _draw_key(cfg)
             # The paper-rule seed always runs as a trial, so it shows on the front.
             answer = None if redraw == MAX_REDRAWS or cfg.get("_paper_rule") else self._answer_for(cfg, key)
@@ -196,6 +197,20 @@ class BudgetedOptunaSearch(OptunaSearch):
                 return cfg
             self._answer(trial_id, cfg, key, *answer)
         raise AssertionError("unreachable: the last redraw is always taken")
+
+    def _price_latency(self, trial_id: str, cfg: dict[str, Any]) -> None:
+        """[L1] The draw's latency, timed before training: a metric in ``_price`` (the objective's value too), the
+        ``srcompress.latency_*`` tags of its run, and under a budget the Optuna constraint; over it, the draw is
+        infeasible and answered like an over-budget one (``_answer_for``)."""
+        assert self._plan is not None and self._latency is not None
+        measured = self._latency.price(self._plan.student_arch, _knobs(cfg, self._plan))
+        cfg["_price"] = {**(cfg.get("_price") or {}), **latency_metrics(measured)}
+        cfg["_tags"] = latency_tags(measured)
+        limit = self._plan.budget.max_latency_ms
+        if limit is not None:
+            over = float(measured["median_ms"]) / limit - 1.0
+            self._ot_trials[trial_id].set_constraint("latency_ms", over)
+            cfg["_infeasible"] = over > 0
 
     def _answer_for(self, cfg: dict[str, Any], key: str) -> tuple[str, list[float]] | None:
         """(reason, objective values) when the searcher answers this draw itself, else None (it is a trial)."""
@@ -223,10 +238,6 @@ class BudgetedOptunaSearch(OptunaSearch):
             _record_answered_draw(self._plan, f"draw_{ot_trial.number:05d}", cfg, reason if first else "repeat", self)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is not None and result and "constraint_latency_ms" in result:
-            with contextlib.suppress(ValueError, TypeError):
-                ot_trial.set_constraint("latency_ms", float(result["constraint_latency_ms"]))
         key = self._draw_keys.pop(trial_id, None)
         if key is not None and result and not error and not result.get("infeasible"):
             values = [result.get(m) for m in self._metric]
@@ -300,29 +311,6 @@ def _marker_result(plan: SearchPlan, price_d: Mapping[str, int], **extra: Any) -
     return res
 
 
-def _latency_ms(plan: SearchPlan, knobs: Mapping[str, Any]) -> float:
-    """Latency of the folded student on this trial's device, cached per architecture in the job's storage."""
-    device = plan.budget.latency_device
-    if device == "cuda" and not torch.cuda.is_available():
-        device = "cpu"
-    key = f"{arch_tag(plan.student_arch, **knobs)}@{device}"
-    path = Path(plan.storage) / "latency_cache.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        cache = json.loads(path.read_text()) if path.exists() else {}
-        if key not in cache:
-            model = _deploy(build(plan.student_arch, **knobs))
-            shape = lr_shape_for("720p", int(knobs.get("scale", plan.scale)))
-            cache[key] = measure_latency_ms(model, shape, device=device, warmup=2, repeats=5).median_ms
-            path.write_text(json.dumps(cache, indent=1))
-    return float(cache[key])
-
-
-def _deploy(model: Any) -> Any:
-    return fold(model)
-
-
 def run_trial(config: dict[str, Any], plan: SearchPlan) -> None:
     """[T2] One search trial: budget checks, MLflow child run, then [T3] its KD run (in this process with one
     worker, else a TorchTrainer). Every outcome ends in one ``tune.report``."""
@@ -346,13 +334,8 @@ def run_trial(config: dict[str, Any], plan: SearchPlan) -> None:
         tt.close_trial_run(plan, run_id, status="infeasible", metrics=price_d)
         tune.report(_marker_result(plan, price_d))  # [T2]
         return
-    extra = _latency_metrics(plan, knobs)
-    if plan.budget.max_latency_ms is not None and extra["latency_ms"] > plan.budget.max_latency_ms:
-        tt.close_trial_run(plan, run_id, status="infeasible", metrics={**price_d, "latency_ms": extra["latency_ms"]})
-        tune.report(_marker_result(plan, price_d, **extra))  # [T2]
-        return
     t0 = time.time()
-    task = _trial_task(plan, config, name=name, knobs=knobs, run_id=run_id, static_metrics={**price_d, **extra})
+    task = _trial_task(plan, config, name=name, knobs=knobs, run_id=run_id, static_metrics=price_d)
     worker_fn = csd_worker if task.method == "csd" else kd_worker
     if plan.in_trial:
         final = run_in_trial(worker_fn, task)  # [T3] reports to Tune itself
@@ -360,14 +343,6 @@ def run_trial(config: dict[str, Any], plan: SearchPlan) -> None:
         final = dict(_fit_trainer(plan, worker_fn, task).metrics or {})  # [T3]
     final["train_time_s"] = time.time() - t0
     tt.close_trial_run(plan, run_id, status="completed", metrics=final)
-
-
-def _latency_metrics(plan: SearchPlan, knobs: Mapping[str, Any]) -> dict[str, float]:
-    """The latency the budget limits and its constraint value (over budget when > 0); empty without the budget."""
-    if plan.budget.max_latency_ms is None:
-        return {}
-    lat = _latency_ms(plan, knobs)
-    return {"latency_ms": lat, "constraint_latency_ms": lat / plan.budget.max_latency_ms - 1.0}
 
 
 def _trial_task(
