@@ -92,7 +92,9 @@ def measure_latency_ms(
     device = check_device(device)
     fmt = _FORMATS[memory_format]
     n_threads = threads or torch.get_num_threads()
-    model = model.to(device=device, dtype=dtype, memory_format=fmt).eval()
+    model = model.to(device=device, dtype=dtype).eval()
+    # nn.Module.to takes memory_format (4-D weights are converted); torch's type stubs leave it out.
+    model = model.to(memory_format=fmt)  # type: ignore[call-overload]
     x = torch.rand(1, 3, *lr_shape, device=device, dtype=dtype).contiguous(memory_format=fmt)
 
     def forward() -> None:
