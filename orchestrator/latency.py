@@ -26,7 +26,9 @@ from sr.complexity import lr_shape_for
 from sr.errors import ConfigError, UserError
 from sr.latency import price_latency_ms
 
-WARMUP, REPEATS = 3, 10  # untimed passes, then timed single passes (median and IQR over these)
+# Untimed passes before each format's probe, then timed single passes of the faster format (median and IQR over
+# these): 2 x (1 + 1) + 1 + 5 = 10 forward passes per architecture, seconds even for a big model on a CPU.
+WARMUP, REPEATS = 1, 5
 TAG_PREFIX = "srcompress.latency_"
 
 
