@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import FAST_RAY_ENV
 
 from sr.errors import ConfigError
 from sr.latency import price_latency_ms
@@ -21,15 +22,8 @@ ray = pytest.importorskip("ray")
 
 MB = 1024 * 1024
 LATENCY_NODE = "latency_node"
-_ENV = {
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",
-    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-    "RAY_TRAIN_METRICS_ENABLED": "0",
-    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-}
+# Set before any node starts: raylets pass their environment to the workers.
+_ENV = {**FAST_RAY_ENV, "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1"}
 
 
 # ------------------------------------------------------------------------------------------------ without Ray
@@ -63,6 +57,16 @@ def test_spec_checks_the_latency_target(tmp_path: Path) -> None:
         with pytest.raises(SpecError, match=fix) as err:
             load_job_spec(write_tiny_job(tmp_path, budgets={"max_params": "60k", **budgets}))
         assert key in str(err.value)
+
+
+def test_task_options_hold_only_what_the_spec_names() -> None:
+    from orchestrator.latency import LatencyTarget
+
+    assert LatencyTarget().task_options() == {"num_cpus": 0, "num_gpus": 0, "resources": {}}
+    gpu = LatencyTarget(device="cuda", label_selector=(("ray.io/accelerator-type", "H100"),)).task_options()
+    assert gpu["num_gpus"] == 1 and gpu["label_selector"] == {"ray.io/accelerator-type": "H100"}
+    node = LatencyTarget(resources=(("CPU", 2.0), (LATENCY_NODE, 1.0))).task_options()
+    assert (node["num_cpus"], node["resources"]) == (2.0, {LATENCY_NODE: 1.0})
 
 
 # -------------------------------------------------------------------------------------------------- on a cluster
