@@ -2,10 +2,11 @@
 
 Conventions (REFERENCE.md §5): batch 1, eval() under inference_mode, float32, ``--threads`` intra-op threads,
 LR input 320x180 (W x H) for every model (x2 models, so a 640x360 output), timed by
-``sr.complexity.measure_latency_ms``. To make ratios robust to machine noise, the models are timed *interleaved*:
-each round runs every model once (the order rotates per round), and a ratio is the median over rounds of the
-per-round ratio. The giant ``edsr``/``swinir`` (minutes per forward pass on 2 CPUs) are timed afterwards with
-few repeats and no warm-up, outside the interleaving; ``--quick`` skips them and the SwinIR-light/mini models.
+``sr.latency.measure_latency_ms`` (``torch.utils.benchmark.Timer``). To make ratios robust to machine noise, the
+models are timed *interleaved*: each round runs every model once (the order rotates per round), and a ratio is the
+median over rounds of the per-round ratio. The giant ``edsr``/``swinir`` (minutes per forward pass on 2 CPUs) are
+timed afterwards with few repeats and no warm-up, outside the interleaving; ``--quick`` skips them and the
+SwinIR-light/mini models.
 
 Figures: median and IQR (ms) per model; EDSRmini / EDSR_baseline latency ratio beside their MACs ratio;
 IMDN-CLB (training form) vs its fold vs the plain IMDN-AIM it folds into (latency ratios, and exact equality of
@@ -27,7 +28,8 @@ import torch
 from torch import nn
 
 from bench._common import command_for, emit, log, make_parser
-from sr.complexity import build_on_meta, count_macs, count_macs_for, count_params, measure_latency_ms
+from sr.complexity import build_on_meta, count_macs, count_macs_for, count_params
+from sr.latency import measure_latency_ms, median_iqr_ms
 from sr.models import build
 from sr.reparam import fold, has_collapsible
 
@@ -50,8 +52,8 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 def _stats(times_ms: Sequence[float]) -> dict[str, float]:
     """Median and inter-quartile range, computed as ``measure_latency_ms`` does."""
-    q = statistics.quantiles(times_ms, n=4) if len(times_ms) >= 2 else [times_ms[0]] * 3
-    return {"median_ms": round(statistics.median(times_ms), 3), "iqr_ms": round(q[2] - q[0], 3)}
+    median, iqr = median_iqr_ms(times_ms)
+    return {"median_ms": round(median, 3), "iqr_ms": round(iqr, 3)}
 
 
 def _once_ms(model: nn.Module, lr_shape: tuple[int, int], *, threads: int, warmup: int = 0) -> float:

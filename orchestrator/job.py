@@ -34,6 +34,7 @@ from orchestrator._job_tracking import fallback_note, finish, log_reference_runs
 from orchestrator._kd_twin import run_twins
 from orchestrator._preflight import check_node_paths, preflight, prune_schedule, undo_new_dirs
 from orchestrator._ray_connect import connect_ray
+from orchestrator.latency import check_latency_reachable, latency_target
 from orchestrator.search import SearchPlan, make_tuner
 from orchestrator.tasks import ModelRef, TrackingRef, data_ref, prune_task, teacher_ref, trial_template
 from orchestrator.tracking import PARENT_TAG, STATUS_TAG, Tracker, check_reachable
@@ -226,6 +227,7 @@ def plan_search(
         dedupe=spec.search.dedupe,
         optuna_storage=spec.search.optuna_storage,
         trial_runner=spec.resources.trial_runner,
+        latency=latency_target(spec),
     )
 
 
@@ -430,6 +432,9 @@ def _cache_step(job: _Job, teacher: ModelRef) -> None:
 def _search_step(job: _Job, teacher: ModelRef, *, resume: bool) -> tuple[SearchPlan, Any]:
     """[J6] The Tune search (restored from the job's storage on ``--resume``); returns its plan and results."""
     plan = plan_search(job.spec, teacher=teacher, state=job.state, tracking=job.tracking, out=job.out)
+    if plan.latency is not None:  # [L1] the timing node exists and the latency budget is reachable
+        knobs = smallest_knobs(job.spec, plan.space)
+        check_latency_reachable(plan.student_arch, knobs, plan.latency, plan.budget.max_latency_ms)
     tuner, restored = make_tuner(plan, callbacks=[make_status_callback(plan)], resume=resume, state=job.state)
     print(
         f"[srcompress] search: {plan.num_samples} trials of {plan.student_arch} ({plan.algorithm}"

@@ -6,8 +6,9 @@ Distributed structure (each Ray call below is marked with its number):
        ``orchestrator.mo_asha``) and as many trials at once as the cluster holds at its autoscaling maximum
        (``orchestrator.concurrency``); ``TrialStatusCallback`` (``orchestrator.trial_tracking``) closes the runs
        Tune ends.
-  [T2] ``run_trial``: a Tune function trainable per trial. It prices the architecture, measures latency if
-       budgeted, opens the trial's MLflow child run and then...
+  [L1] ``orchestrator.latency``: when an objective or a budget needs latency, the searcher times each drawn
+       architecture (once) by a Ray task on a node of the spec's target kind, before any trial starts.
+  [T2] ``run_trial``: a Tune function trainable per trial. It opens the trial's MLflow child run and then...
   [T3] ...with one worker per trial (``resources.trial_runner: auto``) runs ``kd_worker`` (``csd_worker`` for
        ``student.method: csd``) in its own process through ``workers.run_in_trial`` (it then holds the worker's
        CPUs/GPU and Tune's ``FailureConfig`` restarts it from its checkpoint); otherwise it holds one unit of the
@@ -18,9 +19,8 @@ Budgets: params/MACs are priced inside the define-by-run function and attached t
 (Optuna is told it is infeasible, an MLflow child run records it, and the same Tune trial draws again), so no
 trial slot is spent on it; otherwise the trial returns at once from ``run_trial`` (never trained) with a marker
 result. ``search.dedupe`` answers a draw identical to a trained trial with that trial's result (never a trial the
-scheduler stopped early: that one is PRUNED in Optuna). Latency is only
-known on the trial's device, so ``run_trial`` reports it and ``BudgetedOptunaSearch`` attaches that constraint
-before telling Optuna.
+scheduler stopped early: that one is PRUNED in Optuna). Latency is priced like MACs, before training ([L1]): an
+over-latency draw is answered like an over-budget one.
 
 Dependencies point one way: this module -> ``orchestrator.trial_tracking`` (MLflow child runs) ->
 ``orchestrator.tracking``; trial runs are given names and knobs computed here.
@@ -28,8 +28,6 @@ Dependencies point one way: this module -> ``orchestrator.trial_tracking`` (MLfl
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
 import math
@@ -37,11 +35,9 @@ import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import optuna
-import torch
 from ray import tune
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
@@ -57,14 +53,13 @@ from orchestrator._optuna_study import STATUS_ATTR, open_storage, orphan_trial_i
 from orchestrator._ray_connect import TRIAL_RESOURCE
 from orchestrator.concurrency import concurrency
 from orchestrator.csd_worker import csd_worker
+from orchestrator.latency import LatencyPricer, LatencyTarget, latency_metrics, latency_tags
 from orchestrator.mo_asha import MOASHAScheduler
 from orchestrator.tasks import ModelRef, TrackingRef, TrialTask, TrialTemplate, trial_task
 from orchestrator.workers import kd_worker, run_in_trial
 from search_spaces import CSD_DIMS, KD_DIMS, make_space_fn, shared_channels, student_knobs
 from sr.budget import Budget, price
-from sr.complexity import lr_shape_for, measure_latency_ms
-from sr.models import arch_tag, build
-from sr.reparam import fold
+from sr.models import arch_tag
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +127,7 @@ class SearchPlan:
     dedupe: bool = True  # the searcher answers a draw identical to a trained trial with its result
     trial_runner: str = "auto"  # auto: one-worker trials train inside the Tune trial; trainer: always TorchTrainer
     optuna_storage: str | None = None  # the study's RDB URL; None = sqlite under storage (orchestrator._optuna_study)
+    latency: LatencyTarget | None = None  # where draws are timed; None: no objective or budget needs latency
 
     @property
     def in_trial(self) -> bool:
@@ -168,9 +164,10 @@ def _draw_key(cfg: Mapping[str, Any]) -> str:
 
 
 class BudgetedOptunaSearch(OptunaSearch):
-    """OptunaSearch that (a) attaches the latency constraint measured by the trial before Optuna is told the
-    result, (b) with ``skip_infeasible`` answers over-budget draws itself and (c) with ``dedupe`` answers a draw
-    identical to a finished trial with that trial's result; (b) and (c) draw again for the same Tune trial, so
+    """OptunaSearch that (a) prices a draw's latency before training ([L1], once per architecture) and attaches it
+    as a metric, the run's tags and, under a latency budget, an Optuna constraint, (b) with ``skip_infeasible``
+    answers over-budget (and over-latency) draws itself and (c) with ``dedupe`` answers a draw identical to a
+    finished trial with that trial's result; (b) and (c) draw again for the same Tune trial, so
     every trial slot trains a new feasible configuration (bench/search_replay.py measures the gain).
 
     Its state (``__dict__``, answered draws included) is pickled into Tune's experiment checkpoint, so a resumed
@@ -197,6 +194,7 @@ class BudgetedOptunaSearch(OptunaSearch):
         # A trial ended without ``done_training`` was stopped by the scheduler: PRUNED, never a result.
         self._early_stopping = bool(plan and plan.asha) if early_stopping is None else early_stopping
         self._orphans: list[int] = []  # storage ids of RUNNING study trials to hand out again (see ``restore``)
+        self._latency = LatencyPricer(plan.latency) if plan is not None and plan.latency is not None else None
 
     def suggest(self, trial_id: str) -> dict | None:
         for redraw in range(MAX_REDRAWS + 1):
@@ -211,6 +209,8 @@ class BudgetedOptunaSearch(OptunaSearch):
                 cfg = super().suggest(trial_id)
             if not isinstance(cfg, dict):
                 return cfg
+            if self._latency is not None and not cfg.get("_infeasible"):
+                self._price_latency(trial_id, cfg)
             key = _draw_key(cfg)
             # The paper-rule seed always runs as a trial, so it shows on the front.
             answer = None if redraw == MAX_REDRAWS or cfg.get("_paper_rule") else self._answer_for(cfg, key)
@@ -219,6 +219,20 @@ class BudgetedOptunaSearch(OptunaSearch):
                 return cfg
             self._answer(trial_id, cfg, key, *answer)
         raise AssertionError("unreachable: the last redraw is always taken")
+
+    def _price_latency(self, trial_id: str, cfg: dict[str, Any]) -> None:
+        """[L1] The draw's latency, timed before training: a metric in ``_price`` (the objective's value too), the
+        ``srcompress.latency_*`` tags of its run, and under a budget the Optuna constraint; over it, the draw is
+        infeasible and answered like an over-budget one (``_answer_for``)."""
+        assert self._plan is not None and self._latency is not None
+        measured = self._latency.price(self._plan.student_arch, _knobs(cfg, self._plan))
+        cfg["_price"] = {**(cfg.get("_price") or {}), **latency_metrics(measured)}
+        cfg["_tags"] = latency_tags(measured)
+        limit = self._plan.budget.max_latency_ms
+        if limit is not None:
+            over = float(measured["median_ms"]) / limit - 1.0
+            self._ot_trials[trial_id].set_constraint("latency_ms", over)
+            cfg["_infeasible"] = over > 0
 
     def _answer_for(self, cfg: dict[str, Any], key: str) -> tuple[str, list[float]] | None:
         """(reason, objective values) when the searcher answers this draw itself, else None (it is a trial)."""
@@ -256,9 +270,6 @@ class BudgetedOptunaSearch(OptunaSearch):
                 self._done[key] = [float(v) for v in values]
         if ot_trial is not None and trial_id not in self._completed_trials:
             try:
-                if result and "constraint_latency_ms" in result:
-                    with contextlib.suppress(ValueError, TypeError):
-                        ot_trial.set_constraint("latency_ms", float(result["constraint_latency_ms"]))
                 ot_trial.set_user_attr(STATUS_ATTR, status)
             except optuna.exceptions.UpdateFinishedTrialError:
                 # Told before a driver kill that Tune's older snapshot missed: the study already holds its result.
@@ -364,29 +375,6 @@ def _marker_result(plan: SearchPlan, price_d: Mapping[str, int], **extra: Any) -
     return res
 
 
-def _latency_ms(plan: SearchPlan, knobs: Mapping[str, Any]) -> float:
-    """Latency of the folded student on this trial's device, cached per architecture in the job's storage."""
-    device = plan.budget.latency_device
-    if device == "cuda" and not torch.cuda.is_available():
-        device = "cpu"
-    key = f"{arch_tag(plan.student_arch, **knobs)}@{device}"
-    path = Path(plan.storage) / "latency_cache.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        cache = json.loads(path.read_text()) if path.exists() else {}
-        if key not in cache:
-            model = _deploy(build(plan.student_arch, **knobs))
-            shape = lr_shape_for("720p", int(knobs.get("scale", plan.scale)))
-            cache[key] = measure_latency_ms(model, shape, device=device, warmup=2, repeats=5).median_ms
-            path.write_text(json.dumps(cache, indent=1))
-    return float(cache[key])
-
-
-def _deploy(model: Any) -> Any:
-    return fold(model)
-
-
 def run_trial(config: dict[str, Any], plan: SearchPlan) -> None:
     """[T2] One search trial: budget checks, MLflow child run, then [T3] its KD run (in this process with one
     worker, else a TorchTrainer). Every outcome ends in one ``tune.report``."""
@@ -410,13 +398,8 @@ def run_trial(config: dict[str, Any], plan: SearchPlan) -> None:
         tt.close_trial_run(plan, run_id, status="infeasible", metrics=price_d)
         tune.report(_marker_result(plan, price_d))  # [T2]
         return
-    extra = _latency_metrics(plan, knobs)
-    if plan.budget.max_latency_ms is not None and extra["latency_ms"] > plan.budget.max_latency_ms:
-        tt.close_trial_run(plan, run_id, status="infeasible", metrics={**price_d, "latency_ms": extra["latency_ms"]})
-        tune.report(_marker_result(plan, price_d, **extra))  # [T2]
-        return
     t0 = time.time()
-    task = _trial_task(plan, config, name=name, knobs=knobs, run_id=run_id, static_metrics={**price_d, **extra})
+    task = _trial_task(plan, config, name=name, knobs=knobs, run_id=run_id, static_metrics=price_d)
     worker_fn = csd_worker if task.method == "csd" else kd_worker
     if plan.in_trial:
         final = run_in_trial(worker_fn, task)  # [T3] reports to Tune itself
@@ -424,14 +407,6 @@ def run_trial(config: dict[str, Any], plan: SearchPlan) -> None:
         final = dict(_fit_trainer(plan, worker_fn, task).metrics or {})  # [T3]
     final["train_time_s"] = time.time() - t0
     tt.close_trial_run(plan, run_id, status="completed", metrics=final)
-
-
-def _latency_metrics(plan: SearchPlan, knobs: Mapping[str, Any]) -> dict[str, float]:
-    """The latency the budget limits and its constraint value (over budget when > 0); empty without the budget."""
-    if plan.budget.max_latency_ms is None:
-        return {}
-    lat = _latency_ms(plan, knobs)
-    return {"latency_ms": lat, "constraint_latency_ms": lat / plan.budget.max_latency_ms - 1.0}
 
 
 def _trial_task(

@@ -81,7 +81,14 @@ def open_trial_run(
         exp,
         name,
         parent_run_id=parent,
-        tags={KIND_TAG: "trial", STATUS_TAG: "running", TRIAL_ID_TAG: trial_id, "ray_trial_name": name},
+        # A draw's own tags (``_tags``: what its latency figure means, orchestrator.latency) come with it.
+        tags={
+            KIND_TAG: "trial",
+            STATUS_TAG: "running",
+            TRIAL_ID_TAG: trial_id,
+            "ray_trial_name": name,
+            **dict(config.get("_tags") or {}),
+        },
     )
     params = {
         **{k: v for k, v in knobs.items()},

@@ -5,7 +5,16 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from search_spaces._dims import Choice, Dim, NumDim, Range, SpecModel
 from search_spaces._errors import KeyedError
@@ -150,7 +159,38 @@ class BudgetsSpec(SpecModel):
         "720p", description="720p: a 1280x720 output (the paper's FLOPs column); lr256: a 256x256 LR input"
     )
     max_latency_ms: float | None = Field(None, gt=0, description="forward time per image in ms")
+    # Latency is timed (when a latency objective or budget asks for it) by a Ray task before training, on a node
+    # that offers latency_resources and matches latency_label_selector: name the deployment target's kind there.
     latency_device: Literal["cpu", "cuda"] = Field("cpu", description="where latency is measured")
+    latency_threads: int = Field(1, ge=1, description="torch intra-op threads while timing")
+    latency_dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="weights and input dtype")
+    latency_lr_shape: tuple[PositiveInt, PositiveInt] | None = Field(
+        None, description="LR [height, width] timed; null = the LR size of macs_convention at data.scale"
+    )
+    latency_resources: dict[str, PositiveFloat] = Field(
+        default_factory=dict,
+        description="Ray resources the timing task holds, e.g. {GPU: 1} or {latency_node: 1}; cuda: {GPU: 1} if unset",
+    )
+    latency_label_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description="Ray node labels the timing node must carry, e.g. {ray.io/accelerator-type: H100}",
+    )
+    latency_wait_s: float = Field(
+        600.0, gt=0, description="how long to wait for such a node (an autoscaler may add one)"
+    )
+
+    @model_validator(mode="after")
+    def _check_latency(self) -> BudgetsSpec:
+        if self.latency_device == "cuda" and self.latency_resources and "GPU" not in self.latency_resources:
+            raise KeyedError(
+                "latency_resources",
+                "latency_device is cuda but the timing task asks for no GPU, so it would see none; add GPU: 1",
+            )
+        if self.latency_device == "cpu" and self.latency_resources.get("GPU"):
+            raise KeyedError("latency_resources", "latency_device is cpu: drop GPU, or set latency_device: cuda")
+        if self.latency_dtype == "float16" and self.latency_device == "cpu":
+            raise KeyedError("latency_dtype", "float16 is timed on cuda only; use float32 or bfloat16 on cpu")
+        return self
 
 
 _NATURAL_MODE = {"psnr_y": "max", "macs": "min", "params": "min", "latency_ms": "min"}

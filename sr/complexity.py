@@ -1,4 +1,4 @@
-"""Complexity accounting: parameters, MACs and latency of SR models.
+"""Complexity accounting: parameters and MACs of SR models (latency: ``sr.latency``).
 
 Conventions (REFERENCE.md §5):
 - params: every tensor of the deployed (folded) model; optionally without SwinIR's relative-position tables.
@@ -6,7 +6,6 @@ Conventions (REFERENCE.md §5):
   convolutions *and* attention matmuls count; MACs = FLOPs / 2. Element-wise ops (activations, softmax, norms,
   additions) are not counted, as in the SR literature. Two input conventions: a 1280x720 *output* (LR =
   1280/s x 720/s, the CDISM paper's) and a 256x256 *LR input* (NTIRE's).
-- latency: eval() + inference_mode, batch 1, warm-up, CUDA sync, median and IQR of repeats.
 
 Counting runs on the meta device when the model allows it, so a candidate architecture is priced in
 milliseconds without allocating its activations.
@@ -14,9 +13,6 @@ milliseconds without allocating its activations.
 
 from __future__ import annotations
 
-import platform
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -103,76 +99,3 @@ def count_macs_for(builder: Callable[[], nn.Module], lr_shape: tuple[int, int]) 
     except (NotImplementedError, RuntimeError):
         # Some ops have no meta kernel; counting on CPU is exact, only slower.
         return count_macs(builder(), lr_shape)
-
-
-@dataclass(frozen=True)
-class LatencyResult:
-    median_ms: float
-    iqr_ms: float
-    repeats: int
-    warmup: int
-    lr_shape: tuple[int, int]
-    device: str
-    device_name: str
-    threads: int
-    dtype: str
-    torch_version: str
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine()
-
-
-def measure_latency_ms(
-    model: nn.Module,
-    lr_shape: tuple[int, int],
-    *,
-    device: str | torch.device = "cpu",
-    warmup: int = 3,
-    repeats: int = 10,
-    dtype: torch.dtype = torch.float32,
-    threads: int | None = None,
-) -> LatencyResult:
-    """Median and inter-quartile range (ms) of a batch-1 forward pass, in eval() under inference_mode.
-
-    ``threads`` sets torch's intra-op threads for the measurement (restored afterwards); CUDA work is
-    synchronised before each clock read so the time covers the kernels, not just their launch.
-    """
-    device = torch.device(device)
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        model = model.to(device=device, dtype=dtype).eval()
-        x = torch.rand(1, 3, *lr_shape, device=device, dtype=dtype)
-        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-        times: list[float] = []
-        with torch.inference_mode():
-            for _ in range(warmup):
-                model(x)
-            sync()
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                model(x)
-                sync()
-                times.append((time.perf_counter() - t0) * 1e3)
-        q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
-        return LatencyResult(
-            median_ms=statistics.median(times),
-            iqr_ms=q[2] - q[0],
-            repeats=repeats,
-            warmup=warmup,
-            lr_shape=(lr_shape[0], lr_shape[1]),
-            device=str(device),
-            device_name=_device_name(device),
-            threads=torch.get_num_threads(),
-            dtype=str(dtype).replace("torch.", ""),
-            torch_version=torch.__version__,
-        )
-    finally:
-        torch.set_num_threads(old_threads)

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from orchestrator.cli import complexity_row
-from sr.complexity import count_macs, count_macs_for, count_params, lr_shape_for, measure_latency_ms
+from sr.complexity import count_macs, count_macs_for, count_params, lr_shape_for
+from sr.latency import measure_latency_ms
 
 # Exact parameter counts (every tensor) from REFERENCE.md / issue acceptance.
 EXACT_PARAMS_X2 = {

@@ -316,7 +316,8 @@ def _trial_row(run: Run) -> dict[str, Any]:
         "start_time_ms": run.info.start_time,
     }
     for tag in _STR_TAGS:
-        row[tag] = tags.get(tag)
+        # The trial's own tags are under srcompress.* (srcompress.latency_device: orchestrator.latency).
+        row[tag] = tags.get(f"srcompress.{tag}", tags.get(tag))
     for key, value in run.data.params.items():
         row.setdefault(key, value)
     for key, value in run.data.metrics.items():
