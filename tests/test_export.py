@@ -115,7 +115,7 @@ def test_cli_export_prints_the_check(store, tmp_path, capsys):
     rc = main(["export", runs["edsr_mini"][0], "-o", str(out), "--tracking-uri", tracker.uri])
     text = capsys.readouterr().out
     assert rc == 0 and out.is_file()
-    assert "max |exported - eager| = " in text and "dynamic H/W" in text
+    assert "max |exported - eager| = " in text and "dynamic batch and H/W" in text and "logged to run" in text
 
 
 def test_export_model_refuses_a_mismatch_and_writes_nothing(tmp_path):
