@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -384,7 +385,9 @@ def _write_onnx(ep: Any, out_path: Path, refs: list, *, atol: float) -> list[dic
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     try:
         try:
-            with contextlib.redirect_stdout(io.StringIO()):  # its progress lines ("[torch.onnx] ...")
+            # its progress lines ("[torch.onnx] ...") and a FutureWarning from inside the exporter (torch 2.13)
+            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
                 torch.onnx.export(ep, (refs[0][0],), str(tmp), dynamo=True, external_data=False, verbose=False)
         except Exception as exc:  # onnxscript missing, an unsupported op...
             raise UserError(
