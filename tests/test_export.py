@@ -147,7 +147,10 @@ def test_export_errors_are_one_line_exit_2(store, tmp_path, capsys):
             "pt2 or onnx",
         ),
         (["export", "0" * 32, "-o", str(tmp_path / "x.pt2"), "--tracking-uri", tracker.uri], "no MLflow run"),
-        (["export", bare, "-o", str(tmp_path / "x.pt2"), "--tracking-uri", tracker.uri], "no artifact checkpoint/weights.pth"),
+        (
+            ["export", bare, "-o", str(tmp_path / "x.pt2"), "--tracking-uri", tracker.uri],
+            "no artifact checkpoint/weights.pth",
+        ),
         (["export", "models:/nope/1", "-o", str(tmp_path / "x.pt2"), "--tracking-uri", tracker.uri], "not registered"),
         (["export", rid, "-o", str(tmp_path / "x.pt2"), "--tracking-uri", f"sqlite:///{tmp}/absent.db"], "no MLflow"),
     ]
