@@ -116,7 +116,11 @@ def finish(spec: Any, plan: Any, tracker: Tracker, exp_id: str, parent: str, res
     mark_pareto(tracker, spec.experiment_name, parent, ",".join(objectives))
     if len(front):
         # Pareto members become registered (folded) models, tagged with their architecture and metrics.
-        registered = register_pareto_models(tracker, spec.experiment_name, parent, objectives=",".join(objectives))
+        b = spec.budgets  # one alias per budget of the spec: the best model within it
+        budgets = {"params": b.max_params, "macs_720p": b.max_macs, "latency_ms": b.max_latency_ms}
+        registered = register_pareto_models(
+            tracker, spec.experiment_name, parent, objectives=",".join(objectives), alias_budgets=budgets
+        )
         uris = {r["run_id"]: r.get("model_uri") for r in registered}
         front = front.assign(model_uri=[uris.get(i) for i in front["run_id"]])
     tracker.log_metrics(parent, {f"trials_{k.replace('-', '_')}": v for k, v in counts.items()})

@@ -17,9 +17,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from sr.errors import CheckpointError
+from sr.arch_record import ARCH_KEY, ArchRecord, record_of
+from sr.errors import CheckpointError, UserError
 
-__all__ = ["WRAPPER_KEYS", "load_weights", "read_checkpoint", "read_state_dict", "save_checkpoint"]
+__all__ = [
+    "WRAPPER_KEYS",
+    "arch_record",
+    "implied_scale",
+    "load_checkpoint_model",
+    "load_weights",
+    "read_checkpoint",
+    "read_state_dict",
+    "resolve_arch",
+    "save_checkpoint",
+    "weights_entry",
+]
 
 # Keys under which training frameworks nest the weights, in order of preference: BasicSR/SwinIR save the EMA
 # weights as 'params_ema' (the ones their papers report) next to 'params'; Lightning and many repos use
@@ -163,32 +175,14 @@ def load_weights(
             shape-mismatched keys and ``fix`` (by default: pass the matching --arch / --set).
         ConfigError: unknown ``arch``.
     """
-    from sr.models import family_of, get_family  # lazy: importing sr.models builds the whole registry
-
-    convert = get_family(family_of(arch)).convert_state_dict
     if isinstance(path_or_sd, Mapping):  # an already loaded checkpoint: unwrapped the same way
         src = "state dict"
         sd = _unwrap(path_or_sd, key=key, src=src)
     else:
         src = str(path_or_sd)
         sd = read_state_dict(path_or_sd, key=key)
-    if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module.") :]: v for k, v in sd.items()}
-    if convert is not None:
-        try:
-            sd = dict(convert(sd))
-        except (KeyError, ValueError, IndexError, RuntimeError) as exc:
-            reason = _one_line(f"{type(exc).__name__}: {exc}", 160)
-            raise CheckpointError(f"cannot convert checkpoint {src} for arch {arch!r} ({reason}); {fix}") from None
-
-    mine = model.state_dict()
-    shape = [
-        f"{k} (checkpoint {tuple(sd[k].shape)} vs model {tuple(v.shape)})"
-        for k, v in mine.items()
-        if k in sd and tuple(sd[k].shape) != tuple(v.shape)
-    ]
-    missing = [f"missing {k}" for k in mine if k not in sd]
-    unexpected = [f"unexpected {k}" for k in sd if k not in mine]
+    sd = _converted(sd, arch=arch, src=src, fix=fix)
+    shape, missing, unexpected = _misfit(model.state_dict(), sd)
     # round-robin over the kinds, so the example shows e.g. both a missing and an unexpected name
     kinds = [shape, missing, unexpected]
     problems = [kind[i] for i in range(3) for kind in kinds if i < len(kind)]
@@ -203,6 +197,32 @@ def load_weights(
         reason = _one_line(str(exc), 160)
         raise CheckpointError(f"cannot load checkpoint {src} into arch {arch!r} ({reason}); {fix}") from None
     return model
+
+
+def _converted(sd: dict[str, torch.Tensor], *, arch: str, src: str, fix: str) -> dict[str, torch.Tensor]:
+    """``sd`` without a ``module.`` prefix (DataParallel/DDP saves), in ``arch``'s family layout."""
+    from sr.models import family_of, get_family  # lazy: importing sr.models builds the whole registry
+
+    convert = get_family(family_of(arch)).convert_state_dict
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
+    if convert is not None:
+        try:
+            sd = dict(convert(sd))
+        except (KeyError, ValueError, IndexError, RuntimeError) as exc:
+            reason = _one_line(f"{type(exc).__name__}: {exc}", 160)
+            raise CheckpointError(f"cannot convert checkpoint {src} for arch {arch!r} ({reason}); {fix}") from None
+    return sd
+
+
+def _misfit(mine: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Tensor]) -> tuple[list[str], ...]:
+    """(shape mismatches, missing names, unexpected names) of checkpoint ``sd`` against a model's ``mine``."""
+    shape = [
+        f"{k} (checkpoint {tuple(sd[k].shape)} vs model {tuple(v.shape)})"
+        for k, v in mine.items()
+        if k in sd and tuple(sd[k].shape) != tuple(v.shape)
+    ]
+    return shape, [f"missing {k}" for k in mine if k not in sd], [f"unexpected {k}" for k in sd if k not in mine]
 
 
 def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
@@ -236,3 +256,139 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
     finally:
         os.close(dir_fd)
     return path
+
+
+# ------------------------------------------------------------------------------------ the architecture record
+def weights_entry(model: nn.Module) -> dict[str, Any]:
+    """``{"params": state_dict on the CPU, "srcompress": record}``: what ``sr.stages.save_weights`` writes.
+
+    The record (see :mod:`sr.arch_record`) is the one ``sr.models.build`` attached to ``model``; a model built
+    another way is saved without one, as before.
+    """
+    entry: dict[str, Any] = {"params": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    rec = record_of(model)
+    if rec is not None:
+        entry[ARCH_KEY] = rec.as_dict()
+    return entry
+
+
+def arch_record(obj: Any, *, src: str = "checkpoint") -> ArchRecord | None:
+    """The architecture record inside a loaded checkpoint object (or a path), None for a published checkpoint."""
+    if isinstance(obj, str | Path):
+        src, obj = str(obj), read_checkpoint(obj)
+    if isinstance(obj, Mapping) and ARCH_KEY in obj:
+        return ArchRecord.from_dict(obj[ARCH_KEY], src=src)
+    return None
+
+
+def resolve_arch(
+    record: ArchRecord | None,
+    *,
+    arch: str | None = None,
+    knobs: Mapping[str, Any] | None = None,
+    scale: int | None = None,
+    src: str = "checkpoint",
+) -> ArchRecord:
+    """The architecture to build: the checkpoint's ``record`` checked against what was given by hand.
+
+    Without a record (a published checkpoint) ``arch`` is required; its pixel range is the family's official one
+    and the scale defaults to 2. With one, ``arch``/``knobs``/``scale`` may be left out; given, they must agree
+    with it (another variant of the same family is compared by the knobs it sets).
+
+    Raises:
+        UserError: one line naming the option that contradicts the checkpoint and the value it holds.
+    """
+    from sr.models import family_of, get_variant, official_pixel_range, resolve_knobs  # lazy: builds the registry
+
+    given = dict(knobs or {})
+    if record is None:
+        if arch is None:
+            raise UserError(
+                f"checkpoint {src} does not record its architecture (not written by srcompress); pass --arch"
+            )
+        full = resolve_knobs(arch, **given, **({"scale": scale} if scale is not None else {}))
+        return ArchRecord(arch, full, official_pixel_range(arch))
+    if scale is not None and record.scale and scale != record.scale:
+        raise UserError(
+            f"checkpoint {src} is x{record.scale}, but --scale {scale} was given; pass --scale {record.scale} or "
+            "leave it out"
+        )
+    if arch is not None and arch != record.arch:
+        if family_of(arch) != family_of(record.arch):
+            raise UserError(
+                f"checkpoint {src} holds a {record.arch} model, but --arch {arch} was given; pass --arch "
+                f"{record.arch} or leave it out"
+            )
+        given = {**get_variant(arch).knobs, **given}
+    clash = [
+        f"{k}={v!r} (checkpoint: {record.knobs[k]!r})"
+        for k, v in given.items()
+        if k in record.knobs and record.knobs[k] != v
+    ]
+    if clash:
+        what = f"--arch {arch}" if arch not in (None, record.arch) and not knobs else "--set " + clash[0].split(" ")[0]
+        raise UserError(
+            f"{what} contradicts checkpoint {src} ({'; '.join(clash[:3])}); leave the knob out, the checkpoint "
+            "records its architecture"
+        )
+    full = resolve_knobs(record.arch, **{**record.knobs, **given})
+    return ArchRecord(record.arch, full, record.pixel_range)
+
+
+def implied_scale(sd: Mapping[str, torch.Tensor], *, arch: str, knobs: Mapping[str, Any]) -> int | None:
+    """The scale (2, 3, 4 or 8) at which ``sd`` fits ``arch`` with ``knobs``, or None; built on the meta device."""
+    from sr.models import build  # lazy: importing sr.models builds the whole registry
+
+    sd = _converted(dict(sd), arch=arch, src="checkpoint", fix=_FIX)
+    for s in (2, 3, 4, 8):
+        if s == knobs.get("scale"):
+            continue
+        try:
+            with torch.device("meta"):  # shapes only: no memory, no init
+                mine = build(arch, **{**knobs, "scale": s}).state_dict()
+        except UserError:  # a scale the family does not take
+            continue
+        if not any(_misfit(mine, sd)):
+            return s
+    return None
+
+
+def load_checkpoint_model(
+    weights: str | Path,
+    *,
+    arch: str | None = None,
+    knobs: Mapping[str, Any] | None = None,
+    scale: int | None = None,
+    fallback: ArchRecord | None = None,
+) -> tuple[nn.Module, ArchRecord]:
+    """Build the model a checkpoint holds and load it (weights-only), from its record or the given arch/knobs.
+
+    Args:
+        weights: the ``.pth`` file.
+        arch, knobs, scale: given by hand; checked against the checkpoint's record (see :func:`resolve_arch`).
+        fallback: the record to use when the file has none (e.g. rebuilt from an older run's ``config.json``).
+
+    Returns:
+        ``(model, record)``: the model in eval mode and what it is, pixel range included.
+
+    Raises:
+        UserError: unreadable file, a contradiction with the record, or weights that fit another scale (the line
+            names ``--scale`` and the scale they imply).
+    """
+    from sr.models import build  # lazy: importing sr.models builds the whole registry
+
+    src = str(weights)
+    obj = read_checkpoint(weights)
+    rec = resolve_arch(arch_record(obj, src=src) or fallback, arch=arch, knobs=knobs, scale=scale, src=src)
+    model = build(rec.arch, **rec.knobs)
+    try:
+        load_weights(model, obj, arch=rec.arch)
+    except CheckpointError:
+        s = implied_scale(_unwrap(obj, key=None, src=src), arch=rec.arch, knobs=rec.knobs)
+        if s is not None:
+            raise CheckpointError(
+                f"checkpoint {src} is a x{s} model, not x{rec.scale}; pass --scale {s} (or a x{rec.scale} checkpoint)"
+            ) from None
+        raise
+    object.__setattr__(model, "sr_arch", rec)  # the resolved record: its pixel range is the weights' own
+    return model.eval(), rec

@@ -41,6 +41,7 @@ __all__ = [
     "list_images",
     "eval_image_files",
     "load_eval_pairs",
+    "lr_source_used",
     "read_image",
     "resolve_train_sources",
     "sample_hr_images",
@@ -282,6 +283,14 @@ def load_eval_pairs(
     if not pairs:
         raise DataError(f"no usable images in {hr_dir}: every file was skipped; fix or replace them")
     return pairs
+
+
+def lr_source_used(root: str | Path, scale: int, lr_source: LRSource = "auto") -> Literal["shipped", "generated"]:
+    """Which LR images :func:`load_eval_pairs` reads for ``lr_source``: the shipped ``X{scale}`` files or bicubic
+    downsamples generated from HR (``auto`` picks shipped when the folder exists)."""
+    _, lr_parent = _find_hr_dir(Path(root), prefer="valid")
+    has_lr = lr_parent is not None and (lr_parent / f"X{scale}").is_dir()
+    return "shipped" if has_lr and lr_source != "generated" else "generated"
 
 
 def eval_image_files(root: str | Path, first: int | None = None) -> list[Path]:

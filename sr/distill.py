@@ -61,7 +61,7 @@ from sr._train import (
     unwrap,
     write_checkpoint,
 )
-from sr.checkpoint import read_checkpoint
+from sr.checkpoint import read_checkpoint, weights_entry
 from sr.errors import CheckpointError, ConfigError
 from sr.evaluate import evaluate_model
 from sr.kd_config import KDConfig
@@ -237,7 +237,8 @@ def _save(parts: _Parts, cfg: KDConfig, root: Path, done: int) -> Path:
         "rng": rng_state(parts.dev),
         "config": dataclasses.asdict(cfg),
     }
-    weights = {"params": parts.core.state_dict(), **({"params_ema": ema.model.state_dict()} if ema else {})}
+    # weights_entry: 'params' plus the architecture record (arch, knobs, scale, pixel range) eval/export read
+    weights = {**weights_entry(parts.core), **({"params_ema": ema.model.state_dict()} if ema else {})}
     return write_checkpoint(root, done, state, weights)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -45,9 +45,18 @@ def to_uint8(t: torch.Tensor) -> np.ndarray:
 
 
 @torch.inference_mode()
-def super_resolve(model: nn.Module, lr: np.ndarray, *, device: torch.device | str = "cpu") -> np.ndarray:
-    """Run ``model`` on one uint8 LR image and return the uint8 SR image."""
-    return to_uint8(model(to_tensor(lr, device)))
+def super_resolve(
+    model: nn.Module, lr: np.ndarray, *, device: torch.device | str = "cpu", pixel_range: float = 1.0
+) -> np.ndarray:
+    """Run ``model`` on one uint8 LR image and return the uint8 SR image.
+
+    ``pixel_range`` is the value of white the weights expect (1.0: [0, 1]; 255.0: [0, 255], as the official
+    E-RFDN test feeds uint8 values as floats): the input is scaled up to it and the output back down.
+    """
+    x = to_tensor(lr, device)
+    if pixel_range == 1.0:
+        return to_uint8(model(x))
+    return to_uint8(model(x * pixel_range) / pixel_range)
 
 
 def _score(pairs_sr: Sequence[tuple[str, np.ndarray, np.ndarray]], scale: int) -> EvalResult:
@@ -62,12 +71,33 @@ def _score(pairs_sr: Sequence[tuple[str, np.ndarray, np.ndarray]], scale: int) -
     )
 
 
-def evaluate_model(model: nn.Module, pairs: Sequence, *, scale: int, device: torch.device | str = "cpu") -> EvalResult:
-    """PSNR_Y/SSIM_Y (crop = scale) of ``model`` on ``pairs`` (objects with name, lr, hr uint8 arrays)."""
+# (index, count, image name, uint8 SR image), called after each image: progress lines, saving the SR images
+EachImage = Callable[[int, int, str, np.ndarray], None]
+
+
+def evaluate_model(
+    model: nn.Module,
+    pairs: Sequence,
+    *,
+    scale: int,
+    device: torch.device | str = "cpu",
+    pixel_range: float = 1.0,
+    each: EachImage | None = None,
+) -> EvalResult:
+    """PSNR_Y/SSIM_Y (crop = scale) of ``model`` on ``pairs`` (objects with name, lr, hr uint8 arrays).
+
+    ``pixel_range``: what the weights expect (see :func:`super_resolve`); ``each``: called after every image.
+    """
     was_training = model.training
     model.eval()
+    done = []
     try:
-        return _score([(p.name, super_resolve(model, p.lr, device=device), p.hr) for p in pairs], scale)
+        for i, p in enumerate(pairs):
+            sr = super_resolve(model, p.lr, device=device, pixel_range=pixel_range)
+            if each is not None:
+                each(i, len(pairs), p.name, sr)
+            done.append((p.name, sr, p.hr))
+        return _score(done, scale)
     finally:
         model.train(was_training)
 

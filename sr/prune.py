@@ -35,7 +35,7 @@ from sr._train import (
     write_checkpoint,
 )
 from sr._train import prune_checkpoints as _prune_old
-from sr.checkpoint import read_checkpoint
+from sr.checkpoint import read_checkpoint, weights_entry
 from sr.errors import CheckpointError, ConfigError, DataError
 from sr.obproxsg import OBProxSG, Phase
 from sr.prune_schedule import resolve_prune_schedule
@@ -293,7 +293,7 @@ class _Loop:
             "family": self.cfg.family,
         }
         # weights.pth: the raw pruned weights ('params') for the next stage; the EMA copy is dense, for reference
-        weights = {"params": self.net.state_dict(), **({"params_ema": self.ema.model.state_dict()} if self.ema else {})}
+        weights = {**weights_entry(self.net), **({"params_ema": self.ema.model.state_dict()} if self.ema else {})}
         path = write_checkpoint(root, step, state, weights)
         _prune_old(root, _CKPT_KEEP)
         self.last_ckpt = str(path)

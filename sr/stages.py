@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from sr._train import unwrap
-from sr.checkpoint import load_weights, save_checkpoint
+from sr.checkpoint import load_weights, save_checkpoint, weights_entry
 from sr.csd import export_width
 from sr.csd_train import CSDConfig, CSDResult, fit_csd
 from sr.data import PatchDataset, resolve_train_sources
@@ -59,9 +59,9 @@ def load_model(arch: str, knobs: Mapping[str, Any] | None = None, weights: str |
 
 
 def save_weights(path: Path, model: nn.Module) -> Path:
-    """``{"params": state_dict}`` on the CPU, written atomically (BasicSR layout)."""
-    raw = unwrap(model)
-    return save_checkpoint(path, {"params": {k: v.detach().cpu() for k, v in raw.state_dict().items()}})
+    """``{"params": state_dict}`` on the CPU (BasicSR layout) plus the model's architecture record (arch, knobs,
+    scale, pixel range; see :mod:`sr.arch_record`), written atomically."""
+    return save_checkpoint(path, weights_entry(unwrap(model)))
 
 
 def patch_data(

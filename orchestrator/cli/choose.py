@@ -277,17 +277,25 @@ def _parse_hw(text: str) -> tuple[int, int]:
 
 
 def export(
-    model: Annotated[str, typer.Argument(help="Trial run id, models:/NAME/VERSION or runs:/RUN_ID/...")],
-    output: Annotated[str, typer.Option("-o", "--output", help="File to write, e.g. model.pt2")],
-    fmt: Annotated[str, typer.Option("--format", help="pt2 (torch.export) or onnx (needs the onnx package)")] = "pt2",
+    model: Annotated[
+        str, typer.Argument(help="Trial run id, models:/NAME/VERSION, models:/NAME@ALIAS or runs:/ID/...")
+    ],
+    output: Annotated[str, typer.Option("-o", "--output", help="File to write, e.g. model.pt2 or model.onnx")],
+    fmt: Annotated[str, typer.Option("--format", help="pt2 (torch.export) or onnx (checked in onnxruntime)")] = "pt2",
     tracking_uri: TrackingOpt = None,
     job: JobOpt = None,
     sample_size: Annotated[str, typer.Option(help="LR HxW of the check input")] = "48x64",
     atol: Annotated[float, typer.Option(help="Largest allowed |exported - eager|")] = 1e-4,
+    log: Annotated[bool, typer.Option("--log/--no-log", help="Log the exported file to the trial's MLflow run")] = True,
     as_json: JsonOpt = False,
 ) -> None:
-    """Export a searched model (folded for deployment) after checking it against the eager model."""
-    from orchestrator.results.export import export_model, load_model_uri, require_onnx  # deferred: torch, mlflow
+    """Export a searched model (folded for deployment) after checking it against the eager model.
+
+    The exported model takes any batch size and LR height/width (within the constraints the note prints); it is
+    checked at batch 1 and 2 and at two LR sizes, reloaded from the file, and logged to the trial's run.
+    """
+    # deferred: torch, mlflow
+    from orchestrator.results.export import export_model, load_model_uri, log_export, require_onnx
 
     if fmt not in ("pt2", "onnx"):
         raise UserError(f"--format {fmt!r} is not known; use pt2 or onnx")
@@ -298,22 +306,34 @@ def export(
     uri, _ = resolve_store(tracking_uri, job)
     net, meta = load_model_uri(model, tracking_uri=uri)
     res = export_model(net, output, fmt=fmt, sample_hw=hw, atol=atol)  # type: ignore[arg-type]
-    res["source"] = {k: meta[k] for k in ("uri", "run_id", "run_name", "arch", "knobs", "tag")}
+    res["source"] = {k: meta[k] for k in ("uri", "run_id", "run_name", "arch", "knobs", "tag", "pixel_range")}
+    if log:
+        res["logged_to"] = {"run_id": meta["run_id"], "artifact": log_export(uri, meta["run_id"], res["path"])}
     if as_json:
         print(json.dumps(res, default=str))
         return
-    shape = "x".join(map(str, res["input_shape"]))
-    line = f"[srcompress] check: max |exported - eager| = {res['max_abs_diff']:.3g} on {shape} (atol {atol:g})" + (
-        f"; reloaded file {res['reloaded_max_abs_diff']:.3g}" if res.get("reloaded_max_abs_diff") is not None else ""
+    _print_export(res, meta, fmt=fmt, atol=atol)
+
+
+def _print_export(res: dict[str, Any], meta: dict[str, Any], *, fmt: str, atol: float) -> None:
+    def shape(c: dict[str, Any]) -> str:
+        return "x".join(map(str, c["input_shape"]))
+
+    done = [c for c in res["reloaded_checks"] if "max_abs_diff" in c]
+    print(
+        f"[srcompress] check: max |exported - eager| = {res['max_abs_diff']:.3g} on {shape(res)} (atol {atol:g}); "
+        f"reloaded file: {res['reloaded_max_abs_diff']:.3g}, "
+        + ", ".join(f"{c['max_abs_diff']:.3g} at {shape(c)}" for c in done)
     )
-    check = res.get("dynamic_check") or {}
-    if "max_abs_diff" in check:
-        line += f"; at {'x'.join(map(str, check['input_shape']))}: {check['max_abs_diff']:.3g}"
-    print(line)
+    dyn = "dynamic batch and H/W" if res["dynamic"] else "static shape"
     print(
         f"[srcompress] exported {meta['tag']} (run {meta['run_name']}, {_fmt_int(res['params'])} params, folded) "
-        f"-> {res['path']} [{fmt}, {'dynamic' if res['dynamic'] else 'static'} H/W, {res['bytes']:,} bytes]"
+        f"-> {res['path']} [{fmt}, {dyn}, {res['bytes']:,} bytes]"
     )
+    if res.get("logged_to"):
+        print(f"[srcompress] logged to run {res['logged_to']['run_id']} as {res['logged_to']['artifact']}")
+    if meta.get("pixel_range", 1.0) != 1.0:
+        print(f"[srcompress] note: the model takes pixel values in [0, {meta['pixel_range']:g}]")
     if res.get("note"):
         print(f"[srcompress] note: {res['note']}")
 

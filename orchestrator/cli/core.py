@@ -20,7 +20,6 @@ from orchestrator.cli._common import (
     _fmt_int,
     _print_table,
     check_knobs,
-    load_model,
     parse_knobs,
     store_option,
 )
@@ -111,38 +110,79 @@ def complexity(
 
 # ---------------------------------------------------------------------------------------------------------- eval
 def eval_(
-    arch: Annotated[str, typer.Option(help="Variant name, e.g. imdn")],
-    weights: Annotated[str, typer.Option(help="Checkpoint (.pth); loaded with weights_only=True")],
+    weights: Annotated[
+        str,
+        typer.Option(
+            help="Checkpoint (.pth, loaded with weights_only=True), a trial run id, models:/NAME/VERSION, "
+            "models:/NAME@ALIAS or runs:/RUN_ID/..."
+        ),
+    ],
     data: Annotated[str, typer.Option(help="Benchmark folder (HR/ + LR_bicubic/X{s}/), DIV2K root or HR folder")],
-    scale: Annotated[int, typer.Option(help="Upscaling factor")] = 2,
+    arch: Annotated[
+        str | None, typer.Option(help="Variant name, e.g. imdn (default: the checkpoint's, when it records one)")
+    ] = None,
+    scale: Annotated[int | None, typer.Option(help="Upscaling factor (default: the checkpoint's, else 2)")] = None,
     set_: SetOpt = None,
     lr_source: Annotated[str, typer.Option(help="auto | shipped | generated (bicubic from HR)")] = "auto",
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images with a warning")] = False,
+    save: Annotated[str | None, typer.Option("--save", help="Folder to write the SR images to (PNG)")] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option("--tracking-uri", help="MLflow store of a run id / models:/ URI (see pareto)")
+    ] = None,
+    job: Annotated[str | None, typer.Option("--job", help="Job spec YAML whose MLflow store to read")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Per-image and mean PSNR_Y / SSIM_Y of a checkpoint on a benchmark, with the bicubic baseline."""
+    """Per-image and mean PSNR_Y / SSIM_Y of a checkpoint on a benchmark, with the bicubic baseline.
+
+    A checkpoint written by srcompress records its architecture (arch, knobs, scale, pixel range): --arch, --set
+    and --scale may then be left out, and given, must agree with it. Published checkpoints need --arch; their
+    family's official pixel range is used (e.g. [0, 255] for RFDN).
+    """
     # deferred: torch is heavy; only the model commands need it
-    from sr.data import load_eval_pairs
+    from orchestrator.cli._eval_io import EachImage, check_save_dir, describe, load_eval_model
+    from sr.data import load_eval_pairs, lr_source_used
     from sr.evaluate import evaluate_bicubic, evaluate_model
+    from sr.models import arch_tag
 
     if lr_source not in ("auto", "shipped", "generated"):
         raise UserError(f"--lr-source {lr_source!r} is not valid; use auto, shipped or generated")
-    model = load_model(arch, scale=scale, knobs=parse_knobs(set_), weights=weights)
-    pairs = load_eval_pairs(data, scale, lr_source=lr_source, skip_bad=skip_bad)
-    res = evaluate_model(model, pairs, scale=scale)
-    bic = evaluate_bicubic(pairs, scale=scale)
+    knobs = check_knobs(arch, parse_knobs(set_)) if arch else parse_knobs(set_)
+    save_dir = check_save_dir(save)
+    model, rec, source = load_eval_model(
+        weights, arch=arch, knobs=knobs, scale=scale, tracking_uri=tracking_uri, job=job
+    )
+    s = rec.scale
+    pairs = load_eval_pairs(data, s, lr_source=lr_source, skip_bad=skip_bad)  # type: ignore[arg-type]
+    used = lr_source_used(data, s, lr_source)  # type: ignore[arg-type]
+    tag = arch_tag(rec.arch, **rec.knobs)
+    line = describe(tag, rec, source, lr_source=lr_source, lr_used=used)
+    if not as_json:
+        print(f"[srcompress] {line}", flush=True)
+    each = EachImage(save=save_dir)
+    res = evaluate_model(model, pairs, scale=s, pixel_range=rec.pixel_range, each=each)
+    bic = evaluate_bicubic(pairs, scale=s)
     out = {
-        "arch": arch,
-        "weights": str(weights),
+        "arch": rec.arch,
+        "knobs": dict(rec.knobs),
+        "tag": tag,
+        "pixel_range": rec.pixel_range,
+        **source,
         "data": str(data),
-        "scale": scale,
-        "lr_source": lr_source,
+        "scale": s,
+        "lr_source": used,
         "model": res.as_dict(),
         "bicubic": bic.as_dict(),
+        **({"saved": each.written} if save_dir is not None else {}),
     }
     if as_json:
         print(json.dumps(out))
         return
+    _print_eval(res, bic, title=f"{out['tag']} on {data} ({used} LR)")
+    if save_dir is not None:
+        print(f"[srcompress] wrote {len(each.written)} SR images (PNG) to {save_dir}")
+
+
+def _print_eval(res: Any, bic: Any, *, title: str) -> None:
     rows = [
         {
             "image": m.name,
@@ -162,7 +202,7 @@ def eval_(
             "bicubic SSIM_Y": f"{bic.ssim_y:.4f}",
         }
     )
-    _print_table(rows, list(rows[0]), title=f"{arch} x{scale} on {data}")
+    _print_table(rows, list(rows[0]), title=title)
 
 
 # ------------------------------------------------------------------------------------------------------ allocate

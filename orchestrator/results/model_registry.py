@@ -1,11 +1,15 @@
 """Register a search's Pareto-optimal models in the MLflow Model Registry.
 
 Each front member's folded model is logged with ``mlflow.pytorch.log_model`` into its own trial run (so the run
-page shows it) and registered as a new version of ``<experiment>_pareto``. The ``pickle`` serialization is used
-on purpose: MLflow's default ``pt2`` format traces the model at the input example's size and freezes H and W,
-while an SR model must take any image size. srcompress itself never unpickles these copies (see
-``orchestrator.results.export.load_model_uri``); they are there for MLflow's tooling. The version carries tags
-arch/C/L/B/scale/psnr_y/params/macs_720p, and the trial run gets the tag ``model_uri=models:/<name>/<version>``.
+page shows it) and registered as a version of ``<experiment>_pareto``. The format is MLflow's ``pt2``
+(``torch.export``), not a pickle: the signature ``(-1, 3, -1, -1)`` with a batch-2 input example makes batch, height
+and width dynamic (measured with MLflow 3.17.2: reloaded and run at 24x32, 40x56 and 17x9, max difference 0), and
+the logged model loads with ``mlflow.pytorch.load_model`` where srcompress is not installed (it needs torch only;
+``tests/test_registry_pt2.py`` loads it in a process that cannot import ``sr`` or ``orchestrator``). The model
+takes pixel values in [0, 1] (trained by srcompress). A run already registered adds no new version (a rerun or a
+resumed job). Versions carry tags arch/C/L/B/scale/psnr_y/params/macs_720p, the trial run gets the tag
+``model_uri=models:/<name>/<version>``, and the front gets aliases: ``best-psnr``, ``smallest`` (fewest params),
+``fastest`` (when latencies were measured) and ``best-psnr-<budget>`` per budget (e.g. ``best-psnr-params-100k``).
 Logging is slow (about 12 s per model), hence ``max_models``.
 """
 
@@ -13,11 +17,10 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-import cloudpickle
 import numpy as np
 import pandas as pd
 import torch
@@ -42,12 +45,15 @@ def default_registered_name(experiment: str) -> str:
 
 
 def pip_requirements() -> list[str]:
-    """What the logged model needs: the CPU torch without its local ``+cpu`` tag, cloudpickle, and srcompress."""
-    return [
-        f"torch=={torch.__version__.split('+')[0]}",
-        f"cloudpickle=={cloudpickle.__version__}",
-        "srcompress",
-    ]
+    """What the logged model needs: torch without its local ``+cpu`` tag (a ``pt2`` program needs no project
+    code; MLflow adds its own pin)."""
+    return [f"torch=={torch.__version__.split('+')[0]}"]
+
+
+def _input_example() -> np.ndarray:
+    # batch 2: a batch-1 example makes torch.export specialise the batch to 1 (MLflow's pt2 path uses Dim.AUTO);
+    # 24x32 LR pixels pass every family's size guards (RFDN's ESA >= 15, SwinIR's multiple of its window 8)
+    return np.random.default_rng(0).random((2, 3, 24, 32), dtype=np.float32)
 
 
 def _signature() -> Any:
@@ -111,8 +117,9 @@ def log_registered_model(
                 model,
                 name="model",
                 registered_model_name=registered_name,
-                serialization_format="pickle",
+                serialization_format="pt2",
                 signature=_signature(),
+                input_example=_input_example(),
                 pip_requirements=pip_requirements(),
             )
     finally:
@@ -163,8 +170,9 @@ def register_pareto_models(
     max_macs: float | None = None,
     max_latency_ms: float | None = None,
     device: str | None = None,
+    alias_budgets: Mapping[str, float] | None = None,
 ) -> list[dict[str, Any]]:
-    """Register the Pareto-optimal trials of one search (best first, at most ``max_models``).
+    """Register the Pareto-optimal trials of one search (best first, at most ``max_models``) and alias them.
 
     Args:
         tracker: a ``Tracker`` or a tracking URI.
@@ -174,6 +182,8 @@ def register_pareto_models(
         registered_name: registered model name; default ``<experiment>_pareto``.
         max_models: register at most this many front members (logging takes ~12 s each).
         max_params, max_macs, max_latency_ms, device: budgets applied before the front (see ``pareto_models``).
+        alias_budgets: ``{column: limit}`` (``params``, ``macs_720p``, ``latency_ms``): one alias per budget
+            naming the best-PSNR member within it, e.g. ``{"params": 100e3}`` -> ``best-psnr-params-100k``.
 
     Returns:
         One dict per front member: ``{run_id, run_name, model_uri}`` or ``{run_id, run_name, skipped: reason}``
@@ -214,4 +224,49 @@ def register_pareto_models(
         tags[RUN_ID_TAG] = run_id
         entry["model_uri"] = log_registered_model(tracker, run_id, model, registered_name=name, tags=tags)
         out.append(entry)
+    aliases = front_aliases(front, {r["run_id"]: r["model_uri"] for r in out if r.get("model_uri")}, alias_budgets)
+    for alias, uri in aliases.items():
+        version = uri.rsplit("/", 1)[1]
+        tracker._call("set alias", lambda a=alias, v=version: tracker.client.set_registered_model_alias(name, a, v))
+    for r in out:
+        r["aliases"] = sorted(a for a, uri in aliases.items() if uri == r.get("model_uri"))
     return out
+
+
+def _size_label(value: float, unit: str) -> str:
+    """``120000`` -> ``120k``, ``2e10`` -> ``20g``, latency ``50`` -> ``50ms``: alias-safe (letters, digits)."""
+    if unit == "ms":
+        return f"{value:g}ms".replace(".", "p")
+    for div, suffix in ((1e9, "g"), (1e6, "m"), (1e3, "k")):
+        if value >= div:
+            return f"{value / div:g}{suffix}".replace(".", "p")
+    return f"{value:g}".replace(".", "p")
+
+
+_BUDGET_NAMES = {"params": ("params", ""), "macs_720p": ("macs", ""), "latency_ms": ("latency", "ms")}
+
+
+def front_aliases(
+    front: pd.DataFrame, uris: Mapping[str, str], budgets: Mapping[str, float] | None = None
+) -> dict[str, str]:
+    """``alias -> models:/name/version`` over the registered members of ``front`` (``uris``: run id -> URI):
+    ``best-psnr``, ``smallest``, ``fastest`` (with latencies) and ``best-psnr-<budget>`` per budget."""
+    df = front[front["run_id"].isin(list(uris))]
+    if not len(df):
+        return {}
+
+    def pick(rows: pd.DataFrame, col: str, largest: bool) -> str | None:
+        vals = pd.to_numeric(rows[col], errors="coerce") if col in rows else None
+        if vals is None or vals.isna().all():
+            return None
+        return uris[str(rows.loc[vals.idxmax() if largest else vals.idxmin(), "run_id"])]
+
+    out = {"best-psnr": pick(df, "psnr_y", True), "smallest": pick(df, "params", False)}
+    out["fastest"] = pick(df, "latency_ms", False)
+    for col, limit in (budgets or {}).items():
+        if col not in _BUDGET_NAMES or limit is None or col not in df:
+            continue
+        within = df[pd.to_numeric(df[col], errors="coerce") <= float(limit)]
+        label, unit = _BUDGET_NAMES[col]
+        out[f"best-psnr-{label}-{_size_label(float(limit), unit)}"] = pick(within, "psnr_y", True)
+    return {k: v for k, v in out.items() if v is not None}

@@ -142,7 +142,8 @@ class RFDN(nn.Module):
         return self.upsampler(out)
 
 
-@register_family("rfdn", convert_state_dict=convert_state_dict)
+# The official test (test.py of the RFDN repo) feeds uint8 values as floats: RFDN_AIM.pth expects [0, 255].
+@register_family("rfdn", convert_state_dict=convert_state_dict, pixel_range=255.0)
 def build(
     *,
     C: int = 50,
