@@ -210,14 +210,26 @@ def report(
     max_latency_ms: MaxLatencyOpt = None,
     device: DeviceOpt = None,
     parent_run_id: ParentOpt = None,
+    assets: Annotated[
+        str | None, typer.Option("--assets", help="Write the figures as PNGs into DIR and link them (default: inlined)")
+    ] = None,
+    parquet: Annotated[
+        str | None, typer.Option("--parquet", help="Also write the trials table to this .parquet file")
+    ] = None,
     log: Annotated[
         bool, typer.Option("--log/--no-log", help="Also log the report to the search's parent run in MLflow")
-    ] = True,
+    ] = False,
 ) -> None:
-    """A self-contained HTML report (trade-off plots, Pareto table, progress) of a search."""
+    """An HTML report (trade-off plots, Pareto table, progress) of a search: one file, figures inlined."""
     from orchestrator.results.report import report_for_experiment  # deferred: pandas, pyarrow, matplotlib
 
     check_output(output, "-o")
+    if parquet is not None:
+        if Path(parquet).suffix.lower() != ".parquet":
+            raise UserError(f"--parquet {parquet!r} is not a .parquet file name; write e.g. trials.parquet")
+        check_output(parquet, "--parquet")
+    if assets is not None:
+        check_output(assets, "--assets", folder=True)
     uri, job_exp = resolve_store(tracking_uri, job)
     name = _experiment(experiment, job_exp)
     html = report_for_experiment(
@@ -230,9 +242,12 @@ def report(
         max_macs=_size(max_macs),
         max_latency_ms=max_latency_ms,
         device=device,
+        assets_dir=assets,
+        parquet=parquet,
         log_to_mlflow=log,
     )
-    print(f"[srcompress] report of {name}: {html}")
+    extras = (f"; figures in {assets}" if assets else "") + (f"; trials table {parquet}" if parquet else "")
+    print(f"[srcompress] report of {name}: {html}{extras}" + ("; logged to the search's parent run" if log else ""))
 
 
 # ---------------------------------------------------------------------------------------------------- table
