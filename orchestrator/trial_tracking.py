@@ -118,7 +118,11 @@ def finished_trial_metrics(plan: Any, trial_id: str, knobs: Mapping[str, Any] | 
     if knobs is not None and not _same_knobs(run, knobs):
         return None
     status = run.data.tags[STATUS_TAG]
-    return {**metrics_from_mlflow(run.data.metrics), "infeasible": int(status == "infeasible"), "done_training": int(status == "completed")}
+    return {
+        **metrics_from_mlflow(run.data.metrics),
+        "infeasible": int(status == "infeasible"),
+        "done_training": int(status == "completed"),
+    }
 
 
 def close_trial_run(plan: Any, run_id: str | None, *, status: str, metrics: Mapping[str, Any]) -> None:

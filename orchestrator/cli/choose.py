@@ -346,13 +346,17 @@ def ui(
     port: Annotated[int, typer.Option(help="TCP port", min=1, max=65535)] = 5000,
     host: Annotated[str, typer.Option(help="Interface to bind; 0.0.0.0 exposes the UI to the network")] = "127.0.0.1",
     wait_s: Annotated[float, typer.Option(help="Seconds to wait for the server to come up")] = 60.0,
+    experiment: ExperimentOpt = None,
+    open_browser: Annotated[
+        bool, typer.Option("--open", help="Open the job's runs view in a web browser once the server is up")
+    ] = False,
 ) -> None:
-    """Start the MLflow UI on a job's store and block until Ctrl-C."""
+    """Start the MLflow UI on a job's store, print the deep link to its runs view, and block until Ctrl-C."""
     if storage is not None and job is not None:
         raise UserError("--storage and --job exclude each other; pass one")
-    experiment = None
+    job_experiment = None
     if job is not None:
-        backend, artifacts, experiment = _ui.store_of_job(job)
+        backend, artifacts, job_experiment = _ui.store_of_job(job)
     else:
         backend, artifacts = _ui.store_of_storage(storage or DEFAULT_STORAGE)
     db = _ui.sqlite_path(backend)
@@ -360,15 +364,22 @@ def ui(
         raise UserError(f"the job tracks to {backend}, a server already; open it in a browser instead of srcompress ui")
     if not db.is_file():
         raise UserError(f"no MLflow store at {db}; run a job first (srcompress run JOB.yaml) or pass --storage/--job")
-    exp_id = None
-    if experiment is not None:
-        exp = Tracker(backend).client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp is not None else None
+    experiment = experiment or job_experiment
+    links = _ui.experiments_with_runs(Tracker(backend).client, experiment)
+    if experiment is not None and not links:
+        raise UserError(f"no MLflow experiment named {experiment!r} in {db}; check --experiment/--job")
     proc = _ui.start_mlflow_server(backend, artifacts, host=host, port=port, wait_s=wait_s)
     url = proc.url  # type: ignore[attr-defined]
     print(f"[srcompress] MLflow UI on {backend}: {url}", flush=True)
-    if exp_id is not None:
-        print(f"[srcompress] runs of {experiment}: {url}/#/experiments/{exp_id}/runs", flush=True)
+    for name, exp_id in links:
+        print(f"[srcompress] runs of {name}: {_ui.runs_url(url, exp_id)}", flush=True)
+    if open_browser:
+        # The job's runs view (the newest experiment's without --job/--experiment), else the UI's home page.
+        target = _ui.runs_url(url, links[0][1]) if links else url
+        import webbrowser  # deferred: only --open needs a browser
+
+        if not webbrowser.open(target):
+            print(f"[srcompress] no web browser found here; open {target} yourself", flush=True)
     print(f"[srcompress] server log: {proc.log_path}; Ctrl-C stops it", flush=True)  # type: ignore[attr-defined]
     # The server runs in its own session, so Ctrl-C reaches only this process: stop the server on it and on TERM.
     previous = signal.signal(signal.SIGTERM, _interrupt)

@@ -7,11 +7,14 @@ CLI starts fast for commands that never touch a model.
 from __future__ import annotations
 
 import json
+import os
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from orchestrator._log_text import describe_allocation, describe_density
 from orchestrator.cli._common import (
     JsonOpt,
     SetOpt,
@@ -22,6 +25,7 @@ from orchestrator.cli._common import (
     load_model,
     parse_knobs,
 )
+from search_spaces import load_job_spec
 from sr.errors import UserError
 
 
@@ -236,33 +240,55 @@ def run(
     Exit codes: 0 every trial ended; 3 the search ended with failed trials (rerun with --resume to retry them);
     2 a usage error; 130 interrupted (Ctrl-C; rerun with --resume to continue); 1 an internal error.
     """
+    # A local cluster: say explicitly what Ray 2.60 does by default (token authentication on), which keeps it on
+    # and spares the driver Ray's warning that it chose so. Read when ray is imported, hence before the import.
+    if address in (None, "", "local"):
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    from orchestrator._driver_log import driver_log_path, tee_to  # deferred: with the job below
     from orchestrator.job import JobInterrupted, run_job  # deferred: the job pulls in ray, mlflow and torch
 
     again = f"srcompress run {job} --resume"
-    try:
-        summary = run_job(
-            job,
-            address=address,
-            resume=resume,
-            tracking_uri=tracking_uri,
-            num_cpus=num_cpus,
-            verbose=verbose,
-            allow_changed_spec=allow_changed_spec,
-        )
-    except JobInterrupted as exc:
-        print(f"srcompress: interrupted: {exc}; continue it with: {again}", file=sys.stderr, flush=True)
-        raise typer.Exit(130) from None
-    print_summary(summary)
-    failed = int(summary.get("failed", 0))
+    spec = load_job_spec(job)
+    out = Path(spec.storage.path).resolve() / spec.name
+    log_path = driver_log_path(out)
+    # The log joins the job folder once the job holds it (its state file): a job refused at the start leaves none.
+    ready = (out / "job_state.json").is_file
+    with tee_to(log_path, header=f"srcompress run {job}{' --resume' if resume else ''}", ready=ready):
+        try:
+            summary = run_job(
+                job,
+                address=address,
+                resume=resume,
+                tracking_uri=tracking_uri,
+                num_cpus=num_cpus,
+                verbose=verbose,
+                allow_changed_spec=allow_changed_spec,
+            )
+        except JobInterrupted as exc:
+            print(f"srcompress: interrupted: {exc}; continue it with: {again}", file=sys.stderr, flush=True)
+            raise typer.Exit(130) from None
+        print_summary(summary)
+        failed = int(summary.get("failed", 0))
+        if failed:
+            total = sum(int(v) for k, v in summary.get("counts", {}).items() if k != "infeasible") or failed
+            print(
+                f"srcompress: error: {failed} of {total} trials failed; retry them from their last checkpoint "
+                f"with: {again}",
+                file=sys.stderr,
+                flush=True,
+            )
+    _log_driver_log(summary, log_path)
     if failed:
-        total = sum(int(v) for k, v in summary.get("counts", {}).items() if k != "infeasible") or failed
-        print(
-            f"srcompress: error: {failed} of {total} trials failed; retry them from their last checkpoint with: "
-            f"{again}",
-            file=sys.stderr,
-            flush=True,
-        )
         raise typer.Exit(FAILED_TRIALS_EXIT)
+
+
+def _log_driver_log(summary: dict[str, Any], log_path: Path) -> None:
+    """The driver log as an artifact of the search's parent run (the file itself stays in the job's storage)."""
+    from orchestrator.tracking import Tracker  # deferred: mlflow is heavy
+
+    if summary.get("parent_run_id") and summary.get("tracking_uri"):
+        Tracker(summary["tracking_uri"]).log_artifact(summary["parent_run_id"], log_path, "logs")
+    print(f"[srcompress] driver log: {log_path}", flush=True)
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -275,7 +301,8 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"{counts.get('infeasible', 0)} infeasible skipped (0 trained"
         + (f"; {summary['answered']} answered by the searcher" if summary.get("answered") else "")
         + f"), {counts.get('failed', 0)} failed; "
-        f"density {summary.get('density')}, paper rule {summary.get('allocation')}"
+        f"density {describe_density(summary.get('density'))}, "
+        f"paper rule {describe_allocation(summary.get('allocation'))}"
     )
     trials = summary.get("trials")
     if trials is None or not len(trials):

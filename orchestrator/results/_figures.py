@@ -247,7 +247,9 @@ def _draw_infeasible(strip: Any, x: np.ndarray, *, xs_all: list[float]) -> None:
     """Infeasible draws (over budget, never trained, so no PSNR) as grey crosses on their own strip under the
     plot: at their cost, and nowhere on the PSNR axis."""
     xs_all.extend(x)
-    strip.scatter(x, np.zeros(len(x)), marker="x", s=30, color=_C_INFEASIBLE, zorder=3, label="infeasible (not trained)")
+    strip.scatter(
+        x, np.zeros(len(x)), marker="x", s=30, color=_C_INFEASIBLE, zorder=3, label="infeasible (not trained)"
+    )
     strip.set_ylim(-1, 1)
     strip.set_yticks([])
     strip.set_ylabel("infeasible", fontsize=7, rotation=0, ha="right", va="center", color=_C_INFEASIBLE)
@@ -304,6 +306,14 @@ _LABEL_OFFSETS = (
 )
 
 
+def _text_box(text: Any, renderer: Any) -> Any:
+    """The box of a text's letters: an annotation's own extent also spans its leader line, which by design
+    reaches the marker it names."""
+    from matplotlib.text import Text  # deferred: matplotlib is heavy and only a report needs it
+
+    return Text.get_window_extent(text, renderer)
+
+
 def _place_labels(ax: Any, labels: Sequence[tuple[float, float, str]], *, color: str) -> None:
     """Annotate points so that labels avoid each other, every marker on the axes and the legend (greedy)."""
     if not labels:
@@ -320,7 +330,7 @@ def _place_labels(ax: Any, labels: Sequence[tuple[float, float, str]], *, color:
             for xd, yd in coll.get_offset_transform().transform(np.asarray(offsets, dtype=float)):
                 obstacles.append((xd - r, yd - r, xd + r, yd + r))
     for text in ax.texts:  # the reference and budget labels drawn already
-        b = text.get_window_extent(renderer)
+        b = _text_box(text, renderer)
         obstacles.append((b.x0, b.y0, b.x1, b.y1))
     axes_box = ax.get_window_extent(renderer)
 
@@ -346,7 +356,10 @@ def _place_labels(ax: Any, labels: Sequence[tuple[float, float, str]], *, color:
                 color=color,
                 arrowprops={"arrowstyle": "-", "lw": 0.5, "color": color, "shrinkA": 0, "shrinkB": 3},
             )
-            box = ann.get_window_extent(renderer)
+            # Out of the constrained layout: a label must not resize the axes it was placed in (which would move
+            # every marker relative to the labels placed before it).
+            ann.set_in_layout(False)
+            box = _text_box(ann, renderer)
             cost = overlap(box)
             if best is None or cost < best[0]:
                 if best is not None:

@@ -82,10 +82,7 @@ def png_src(png: bytes) -> str:
 
 
 def _img(src: str, alt: str, caption: str) -> str:
-    return (
-        f'<figure><img alt="{html.escape(alt)}" src="{html.escape(src)}">'
-        f"<figcaption>{caption}</figcaption></figure>"
-    )
+    return f'<figure><img alt="{html.escape(alt)}" src="{html.escape(src)}"><figcaption>{caption}</figcaption></figure>'
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: Sequence[int] = ()) -> str:
