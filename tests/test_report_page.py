@@ -91,6 +91,10 @@ def test_every_label_is_tied_to_the_point_it_names_and_covers_no_marker(macs_fig
         b = Text.get_window_extent(t, renderer)  # the letters (an annotation's extent spans its leader line too)
         hits = [m for m in markers if min(b.x1, m[2]) > max(b.x0, m[0]) and min(b.y1, m[3]) > max(b.y0, m[1])]
         assert hits == [], f"label {t.get_text()!r} covers a marker"
+        # No other named point lies nearer the text than its own: a reader pairs each label with the right one.
+        pts = {k: ax.transData.transform(v) for k, v in where.items()}
+        dist = {k: float(np.hypot(*(p - np.clip(p, [b.x0, b.y0], [b.x1, b.y1])))) for k, p in pts.items()}
+        assert min(dist, key=dist.get) == t.get_text() or dist[t.get_text()] <= min(dist.values()) + 1.0
 
 
 def test_legend_sits_outside_the_plot_so_the_bicubic_label_shows(macs_figure):

@@ -309,8 +309,10 @@ _LABEL_OFFSETS = (
 def _text_box(text: Any, renderer: Any) -> Any:
     """The box of a text's letters: an annotation's own extent also spans its leader line, which by design
     reaches the marker it names."""
-    from matplotlib.text import Text  # deferred: matplotlib is heavy and only a report needs it
+    from matplotlib.text import Annotation, Text  # deferred: matplotlib is heavy and only a report needs it
 
+    if isinstance(text, Annotation):
+        text.update_positions(renderer)  # where its offset puts the text (done at draw time otherwise)
     return Text.get_window_extent(text, renderer)
 
 
@@ -343,7 +345,16 @@ def _place_labels(ax: Any, labels: Sequence[tuple[float, float, str]], *, color:
         outside = max(0.0, axes_box.x0 - b.x0) + max(0.0, b.x1 - axes_box.x1) + max(0.0, b.y1 - axes_box.y1)
         return area + 50.0 * outside
 
-    for x, y, text in labels:
+    named = np.array([ax.transData.transform((x, y)) for x, y, _ in labels])
+
+    def misleading(b: Any, own: np.ndarray) -> float:
+        """Penalty when another labelled point lies nearer the text than its own: a reader would pair them."""
+        nearest = np.clip(named, [b.x0, b.y0], [b.x1, b.y1])  # each point's nearest spot on the box
+        dist = np.hypot(*(named - nearest).T)
+        own_dist = float(np.hypot(*(own - np.clip(own, [b.x0, b.y0], [b.x1, b.y1]))))
+        return 400.0 * float((dist < own_dist - 1.0).sum())
+
+    for i, (x, y, text) in enumerate(labels):
         best = None
         for dx, dy, ha in _LABEL_OFFSETS:
             ann = ax.annotate(
@@ -360,7 +371,7 @@ def _place_labels(ax: Any, labels: Sequence[tuple[float, float, str]], *, color:
             # every marker relative to the labels placed before it).
             ann.set_in_layout(False)
             box = _text_box(ann, renderer)
-            cost = overlap(box)
+            cost = overlap(box) + misleading(box, named[i])
             if best is None or cost < best[0]:
                 if best is not None:
                     best[1].remove()
