@@ -28,7 +28,7 @@ class _Sink:
         self.path = path
         self.ready = ready
         self.lock = threading.Lock()
-        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        stamp = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         self._pending = [f"==== {stamp} {header}\n"]
         self._file: IO[str] | None = None
         self.closed = False
