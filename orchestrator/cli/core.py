@@ -245,7 +245,6 @@ def run(
     if address in (None, "", "local"):
         os.environ.setdefault("RAY_AUTH_MODE", "token")
     from orchestrator._driver_log import driver_log_path, tee_to  # deferred: with the job below
-    from orchestrator.job import JobInterrupted, run_job  # deferred: the job pulls in ray, mlflow and torch
 
     again = f"srcompress run {job} --resume"
     spec = load_job_spec(job)
@@ -254,6 +253,10 @@ def run(
     # The log joins the job folder once the job holds it (its state file): a job refused at the start leaves none.
     ready = (out / "job_state.json").is_file
     with tee_to(log_path, header=f"srcompress run {job}{' --resume' if resume else ''}", ready=ready):
+        # deferred: the job pulls in ray, mlflow, optuna and torch; imported inside the tee so that the log handlers
+        # they make at import write through it
+        from orchestrator.job import JobInterrupted, run_job
+
         try:
             summary = run_job(
                 job,
