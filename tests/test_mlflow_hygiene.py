@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def job(tmp_path_factory):
     """One tiny job run as a user runs it; ``(tracker, experiment id, parent run, console output, storage)``."""
     tmp = tmp_path_factory.mktemp("hygiene")
-    spec = write_tiny_job(tmp, **{"search.num_samples": 3})
+    spec = write_tiny_job(tmp, **{"search.num_samples": 2})
     env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}  # Ray's own default, as for a user
     env.update({k: v for k, v in FAST_RAY_ENV.items() if k != "RAY_AUTH_MODE"}, PYTHONPATH=str(ROOT))
     res = subprocess.run(
@@ -66,7 +66,7 @@ def test_metric_and_tag_names(job):
         outside = [k for k in r.data.tags if not k.startswith(("srcompress.", "mlflow."))]
         assert outside == [], (r.info.run_name, outside)
     numbers = sorted(int(r.data.tags["srcompress.trial_number"]) for r in trials)
-    assert len(numbers) == len(set(numbers)) == len(trials) >= 3  # the Optuna draw number of every trial
+    assert len(numbers) == len(set(numbers)) == len(trials) >= 2  # the Optuna draw number of every trial
     df = search_trials(tracker, "tiny", parent.info.run_id)
     assert df["trial_number"].notna().all() and df["params"].notna().all()  # read back under the code's names
 
