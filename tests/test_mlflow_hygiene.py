@@ -105,3 +105,22 @@ def test_log_is_readable_and_kept_in_storage(job):
         assert line in text, line  # the driver's lines and the final table, as on the console
     logged = tracker.client.download_artifacts(parent.info.run_id, "logs/driver.log", str(storage / "dl"))
     assert "[srcompress] done in" in Path(logged).read_text()
+
+
+def test_driver_log_waits_for_the_job_folder_and_keeps_earlier_lines(tmp_path):
+    from orchestrator._driver_log import tee_to
+
+    log = tmp_path / "job" / "driver.log"
+    with tee_to(log, header="refused run", ready=lambda: (tmp_path / "job" / "job_state.json").is_file()):
+        print("[srcompress] error before the job starts")
+    assert not (tmp_path / "job").exists()  # a job refused at the start leaves no folder for its log
+    with tee_to(log, header="run 1", ready=lambda: (tmp_path / "job" / "job_state.json").is_file()):
+        print("before the state file")
+        (tmp_path / "job").mkdir()
+        (tmp_path / "job" / "job_state.json").write_text("{}")
+        print("after it", file=sys.stderr)
+    with tee_to(log, header="run 1 --resume"):
+        print("resumed")
+    lines = log.read_text().splitlines()
+    assert lines[0].endswith(" run 1") and lines[1:3] == ["before the state file", "after it"]
+    assert lines[3].endswith(" run 1 --resume") and lines[4] == "resumed"  # a resume appends
