@@ -9,8 +9,9 @@ from typing import Any
 from orchestrator._job_state import JobState
 from orchestrator.results.model_registry import register_pareto_models
 from orchestrator.results.pareto import mark_pareto, pareto_models, search_trials
+from orchestrator.results.summary import describe_search, summary_metrics
 from orchestrator.tasks import DataRef, ModelRef
-from orchestrator.tracking import JOB_TAG, KIND_TAG, STATUS_TAG, Tracker, default_artifact_root
+from orchestrator.tracking import JOB_TAG, KIND_TAG, NOTE_TAG, STATUS_TAG, Tracker, default_artifact_root
 from orchestrator.workers import load_model, test_metrics
 from sr.budget import price
 from sr.evaluate import evaluate_bicubic, evaluate_model
@@ -100,6 +101,18 @@ def log_stage_run(tracker: Tracker, exp_id: str, parent: str, kind: str, params:
     tracker.end_run(run_id)
 
 
+def write_search_summary(
+    tracker: Tracker, parent: str, experiment: str, df: Any, front: Any, objectives: Any, counts: dict[str, int]
+) -> dict[str, float]:
+    """The parent run's summary metrics (best PSNR_Y, front size, hypervolume, trials by status) and its
+    description (``mlflow.note.content``, shown by the UI); written again when a resumed search ends."""
+    metrics = summary_metrics(df, front, objectives, counts)
+    tracker.log_metrics(parent, metrics)
+    report = f"Report: `srcompress report --experiment {experiment} -o report.html`."
+    tracker.set_tags(parent, {NOTE_TAG: describe_search(experiment, df, front, objectives, metrics, extra=[report])})
+    return metrics
+
+
 def finish(spec: Any, plan: Any, tracker: Tracker, exp_id: str, parent: str, results: Any, out: str | Path) -> dict:
     """Counts, Pareto tagging and the final table."""
     df = search_trials(tracker, spec.experiment_name, parent)
@@ -123,11 +136,26 @@ def finish(spec: Any, plan: Any, tracker: Tracker, exp_id: str, parent: str, res
         )
         uris = {r["run_id"]: r.get("model_uri") for r in registered}
         front = front.assign(model_uri=[uris.get(i) for i in front["run_id"]])
-    tracker.log_metrics(parent, {f"trials_{k.replace('-', '_')}": v for k, v in counts.items()})
+    write_search_summary(tracker, parent, spec.experiment_name, df, front, plan.objectives, counts)
     # Over-budget draws the searcher answered itself are MLflow runs but not Ray trials.
     ray_infeasible = sum(1 for r in results if (getattr(r, "metrics", None) or {}).get("infeasible"))
     answered = max(0, int(counts.get("infeasible", 0)) - ray_infeasible)
-    return {"counts": counts, "front": front, "trials": df, "ray_trials": len(results), "answered": answered}
+    return {
+        "counts": counts,
+        "front": front,
+        "trials": df,
+        "ray_trials": len(results),
+        "answered": answered,
+        "parent_run_id": parent,
+        "tracking_uri": tracker.uri,
+    }
 
 
-__all__ = ["fallback_note", "finish", "log_reference_runs", "log_stage_run", "open_parent_run"]
+__all__ = [
+    "fallback_note",
+    "finish",
+    "log_reference_runs",
+    "log_stage_run",
+    "open_parent_run",
+    "write_search_summary",
+]

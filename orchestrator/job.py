@@ -32,6 +32,7 @@ from orchestrator import storage
 from orchestrator._job_state import JobState, spec_diff
 from orchestrator._job_tracking import fallback_note, finish, log_reference_runs, log_stage_run, open_parent_run
 from orchestrator._kd_twin import run_twins
+from orchestrator._log_text import describe_allocation, describe_budget
 from orchestrator._preflight import check_node_paths, preflight, prune_schedule, undo_new_dirs
 from orchestrator._ray_connect import connect_ray
 from orchestrator.latency import check_latency_reachable, latency_target
@@ -409,7 +410,7 @@ def _allocate_step(job: _Job, teacher: ModelRef) -> None:
     if state.allocation is not None:
         job.tracker.log_params(job.parent, {f"allocation.{k}": v for k, v in state.allocation.items()})
         job.save()
-        print(f"[srcompress] paper-rule allocation: {state.allocation}", flush=True)
+        print(f"[srcompress] paper-rule allocation: {describe_allocation(state.allocation)}", flush=True)
 
 
 def _cache_step(job: _Job, teacher: ModelRef) -> None:
@@ -438,7 +439,7 @@ def _search_step(job: _Job, teacher: ModelRef, *, resume: bool) -> tuple[SearchP
     tuner, restored = make_tuner(plan, callbacks=[make_status_callback(plan)], resume=resume, state=job.state)
     print(
         f"[srcompress] search: {plan.num_samples} trials of {plan.student_arch} ({plan.algorithm}"
-        f"{', restored' if restored else ''}); budget {plan.budget}",
+        f"{', restored' if restored else ''}); budget {describe_budget(plan.budget)}",
         flush=True,
     )
     search_starts(plan)

@@ -34,10 +34,59 @@ PARENT_TAG = "mlflow.parentRunId"
 STATUS_TAG = "srcompress.status"  # completed | stopped-early | infeasible | failed | running
 KIND_TAG = "srcompress.kind"  # search | trial | prune | cache
 JOB_TAG = "srcompress.job"
+# Every tag srcompress sets carries the ``srcompress.`` prefix (MLflow's own ``mlflow.*`` tags aside), so a filter
+# such as ``tags.`srcompress.pareto` = 'true'`` never meets another tool's tag of the same name.
+TRIAL_NUMBER_TAG = "srcompress.trial_number"  # the Optuna trial number of the draw
+PARETO_TAG = "srcompress.pareto"  # true | false, set when the search ends
+RAY_TRIAL_TAG = "srcompress.ray_trial_name"
+LATENCY_DEVICE_TAG = "srcompress.latency_device"
+RESUMED_FROM_TAG = "srcompress.resumed_from_step"
+NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
+
+# A metric called "params" reads as a run parameter in the MLflow UI and in search filters (``metrics.params``
+# beside ``params.*``): the parameter count is stored as "param_count". Code keeps the short name ("params" is
+# the objective and column name everywhere); the mapping applies only at the MLflow boundary, both ways.
+_MLFLOW_METRIC_NAMES = {"params": "param_count"}
+_FROM_MLFLOW_METRIC_NAMES = {v: k for k, v in _MLFLOW_METRIC_NAMES.items()}
+# Result keys that are bookkeeping, not measurements: the step is already each metric's step, the flags are what
+# the status tag says, and the HR patch size follows from the spec's ``data.patch_sizes`` schedule (a parameter
+# of the parent run); logged as metrics they were constant series.
+_NOT_METRICS = frozenset({"step", "done_training", "infeasible", "trained", "hr_patch"})
+# Result keys that describe the run rather than measure it: tags (mutable: a resumed trial updates them).
+_TAG_KEYS = {"resumed_from_step": RESUMED_FROM_TAG, "latency_device": LATENCY_DEVICE_TAG}
 
 # _MLFLOW_DEFERRED: mlflow takes seconds to import, and light code paths (``srcompress ui``, a results command
 # resolving its store, ``orchestrator.ui``) import this module for its constants and URI helpers; so mlflow is
 # imported where a call needs it.
+
+
+def split_result(values: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
+    """``(metrics, tags)`` of a trial's result dict as MLflow stores them: numbers become metrics (``params`` as
+    ``param_count``), descriptive keys become ``srcompress.*`` tags, bookkeeping keys are left out."""
+    metrics: dict[str, float] = {}
+    tags: dict[str, str] = {}
+    for k, v in values.items():
+        key = str(k)
+        if key in _TAG_KEYS:
+            if v is not None:
+                tags[_TAG_KEYS[key]] = str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+        elif key not in _NOT_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool):
+            metrics[_MLFLOW_METRIC_NAMES.get(key, key)] = float(v)
+    return metrics, tags
+
+
+def metrics_from_mlflow(metrics: Mapping[str, float]) -> dict[str, float]:
+    """A run's metrics under the names the code uses (``param_count`` back to ``params``)."""
+    out = dict(metrics)
+    for stored, name in _FROM_MLFLOW_METRIC_NAMES.items():
+        if stored in out:
+            out[name] = out.pop(stored)
+    return out
+
+
+def srcompress_tag(tags: Mapping[str, str], name: str) -> str | None:
+    """Tag ``srcompress.<name>``; stores written before every tag had the prefix hold it as ``<name>``."""
+    return tags.get(f"srcompress.{name}", tags.get(name))
 
 
 class TrackingUnavailable(UserError):
@@ -208,8 +257,8 @@ class Tracker:
         )
 
     def run_metrics(self, run_id: str) -> dict[str, float]:
-        """The latest value of every metric of a run."""
-        return dict(self._call("read run", lambda: self.client.get_run(run_id)).data.metrics)
+        """The latest value of every metric of a run (under the code's names, see ``metrics_from_mlflow``)."""
+        return metrics_from_mlflow(self._call("read run", lambda: self.client.get_run(run_id)).data.metrics)
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self._call("end run", lambda: self.client.set_terminated(run_id, status=status))
@@ -223,17 +272,17 @@ class Tracker:
             chunk = items[i : i + 100]
             self._call("log params", lambda c=chunk: self.client.log_batch(run_id, params=c))
 
-    def log_metrics(self, run_id: str, metrics: Mapping[str, float], *, step: int = 0) -> None:
-        from mlflow.entities import Metric  # deferred: mlflow is heavy (see _MLFLOW_DEFERRED)
+    def log_metrics(self, run_id: str, metrics: Mapping[str, Any], *, step: int = 0) -> None:
+        """Log a result dict as ``split_result`` sorts it: measurements as metrics at ``step``, descriptive keys as
+        tags; bookkeeping keys and non-numbers are dropped."""
+        from mlflow.entities import Metric, RunTag  # deferred: mlflow is heavy (see _MLFLOW_DEFERRED)
 
         now = int(time.time() * 1000)
-        items = [
-            Metric(str(k), float(v), now, int(step))
-            for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)
-        ]
-        if items:
-            self._call("log metrics", lambda: self.client.log_batch(run_id, metrics=items))
+        values, tags = split_result(metrics)
+        items = [Metric(k, v, now, int(step)) for k, v in values.items()]
+        tag_items = [RunTag(k, v) for k, v in tags.items()]
+        if items or tag_items:
+            self._call("log metrics", lambda: self.client.log_batch(run_id, metrics=items, tags=tag_items))
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag  # deferred: mlflow is heavy (see _MLFLOW_DEFERRED)

@@ -15,7 +15,14 @@ from typing import Any
 
 from ray.tune import Callback
 
-from orchestrator.tracking import KIND_TAG, STATUS_TAG, Tracker
+from orchestrator.tracking import (
+    KIND_TAG,
+    RAY_TRIAL_TAG,
+    STATUS_TAG,
+    TRIAL_NUMBER_TAG,
+    Tracker,
+    metrics_from_mlflow,
+)
 from sr.models import family_of
 
 log = logging.getLogger(__name__)
@@ -77,19 +84,12 @@ def open_trial_run(
             tags[STATUS_TAG] = "interrupted"
             tracker.end_run(existing.info.run_id, "KILLED")
         tracker.set_tags(existing.info.run_id, tags)
-    run_id = tracker.start_run(
-        exp,
-        name,
-        parent_run_id=parent,
-        # A draw's own tags (``_tags``: what its latency figure means, orchestrator.latency) come with it.
-        tags={
-            KIND_TAG: "trial",
-            STATUS_TAG: "running",
-            TRIAL_ID_TAG: trial_id,
-            "ray_trial_name": name,
-            **dict(config.get("_tags") or {}),
-        },
-    )
+    tags = {KIND_TAG: "trial", STATUS_TAG: "running", TRIAL_ID_TAG: trial_id, RAY_TRIAL_TAG: name}
+    if config.get("_draw") is not None:  # the Optuna trial number: the report's x axis, the table's trial column
+        tags[TRIAL_NUMBER_TAG] = str(int(config["_draw"]))
+    # A draw's own tags (``_tags``: what its latency figure means, orchestrator.latency) come with it.
+    tags.update(config.get("_tags") or {})
+    run_id = tracker.start_run(exp, name, parent_run_id=parent, tags=tags)
     params = {
         **{k: v for k, v in knobs.items()},
         **dict(kd),
@@ -120,7 +120,11 @@ def finished_trial_metrics(plan: Any, trial_id: str, knobs: Mapping[str, Any] | 
     if knobs is not None and not _same_knobs(run, knobs):
         return None
     status = run.data.tags[STATUS_TAG]
-    return {**run.data.metrics, "infeasible": int(status == "infeasible"), "done_training": int(status == "completed")}
+    return {
+        **metrics_from_mlflow(run.data.metrics),
+        "infeasible": int(status == "infeasible"),
+        "done_training": int(status == "completed"),
+    }
 
 
 def close_trial_run(plan: Any, run_id: str | None, *, status: str, metrics: Mapping[str, Any]) -> None:
@@ -128,12 +132,11 @@ def close_trial_run(plan: Any, run_id: str | None, *, status: str, metrics: Mapp
     tracker = _tracker(plan)
     if tracker is None or run_id is None:
         return
-    final = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    step = int(final.get("step", 0))
+    step = int(metrics.get("step", 0) or 0)
     # The rank-0 worker already logged the step metrics; log only what the run lacks (or has stale), so the
     # metric history holds each step once.
     logged = tracker.run_metrics(run_id)
-    tracker.log_metrics(run_id, {k: v for k, v in final.items() if logged.get(k) != v}, step=step)
+    tracker.log_metrics(run_id, {k: v for k, v in metrics.items() if logged.get(k) != v}, step=step)
     tracker.set_tags(run_id, {STATUS_TAG: status})
     tracker.end_run(run_id, "FAILED" if status == "failed" else "FINISHED")
 

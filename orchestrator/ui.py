@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from orchestrator.tracking import default_artifact_root
 from search_spaces import load_job_spec
@@ -68,6 +69,28 @@ def server_url(host: str, port: int) -> str:
     """The URL a browser on this machine opens for a server bound to ``host``."""
     shown = "127.0.0.1" if host in ("", "0.0.0.0") else host
     return f"http://{shown}:{port}"
+
+
+# MLflow 3's UI opens an experiment on its GenAI overview (traces, an assistant panel), where no training run shows;
+# the runs view with this workflow type is the "Model training" runs table, nested trials under their search
+# (checked in headless Chromium against MLflow 3.17.2, tests/test_ui_link.py).
+RUNS_VIEW = "#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def runs_url(base_url: str, experiment_id: str) -> str:
+    """The deep link to an experiment's runs table in the MLflow UI at ``base_url``."""
+    return base_url.rstrip("/") + "/" + RUNS_VIEW.format(experiment_id=experiment_id)
+
+
+def experiments_with_runs(client: Any, only: str | None = None) -> list[tuple[str, str]]:
+    """``(name, id)`` of the store's experiments that hold runs (``only``: just that one), newest first."""
+    found = []
+    for exp in client.search_experiments(order_by=["creation_time DESC"]):
+        if only is not None and exp.name != only:
+            continue
+        if only is not None or client.search_runs([exp.experiment_id], max_results=1):
+            found.append((exp.name, exp.experiment_id))
+    return found
 
 
 def start_mlflow_server(

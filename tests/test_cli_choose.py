@@ -88,13 +88,14 @@ def test_pareto_table_and_job_spec(search, capsys, tmp_path):
 def test_report_and_table_write_files(search, capsys, tmp_path):
     tracker, parent, _, _ = search
     html = tmp_path / "r" / "report.html"
-    argv = ["report", "--experiment", "job", "--tracking-uri", tracker.uri, "-o", str(html), "--no-log"]
+    argv = ["report", "--experiment", "job", "--tracking-uri", tracker.uri, "-o", str(html)]
     assert main([*argv, "--max-params", "60k"]) == 0
     assert str(html) in capsys.readouterr().out
     text = html.read_text()
     assert text.startswith("<!DOCTYPE html>") or "<html" in text[:500]
     assert "edsr_C16L1B3_x2_t04" in text  # on the 60k front
-    assert not tracker.client.list_artifacts(parent)  # --no-log left the parent run alone
+    assert not tracker.client.list_artifacts(parent)  # --log is off by default: the parent run is left alone
+    assert [p.name for p in html.parent.iterdir()] == ["report.html"]  # one file: no figures or Parquet beside it
 
     pq_path = tmp_path / "t" / "trials.parquet"
     assert main(["table", "--experiment", "job", "--tracking-uri", tracker.uri, "-o", str(pq_path)]) == 0

@@ -183,7 +183,7 @@ def test_register_pareto_model_and_load_it_back(store, monkeypatch):
     uri = regs[0]["model_uri"]
     assert uri == "models:/exp_pareto/1"
     after = tracker.client.get_run(rid)
-    assert after.data.tags["model_uri"] == uri
+    assert after.data.tags["srcompress.model_uri"] == uri  # every srcompress run tag has the prefix
     assert (after.info.status, after.info.end_time) == (before.status, before.end_time)  # not made to look re-run
     mv = tracker.client.get_model_version("exp_pareto", "1")
     assert mv.run_id == rid

@@ -65,6 +65,9 @@ def _external_refs(text: str) -> list[str]:
 def test_report_for_experiment_is_complete_and_logged(store, tmp_path):
     tracker, parent, ids, _ = store
     out = report_for_experiment(tracker.uri, "job", tmp_path / "report.html", max_params=60_000)
+    # One file, nothing beside it, and the store only read (--log is off by default).
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
+    assert tracker.client.list_artifacts(parent) == []
     text = out.read_text(encoding="utf-8")
     assert _external_refs(text) == [] and "<script" not in text and "<link" not in text
     assert "http://" not in text and "https://" not in text
@@ -80,6 +83,19 @@ def test_report_for_experiment_is_complete_and_logged(store, tmp_path):
     assert "failed: 1" in text and "infeasible: 1" in text and "completed: 5" in text
     assert "teacher" in text and "bicubic" in text
 
+    # Asked for: the figures as files (linked, not inlined), the trials table, and the whole logged to the parent.
+    linked = report_for_experiment(
+        tracker.uri,
+        "job",
+        tmp_path / "linked" / "report.html",
+        max_params=60_000,
+        assets_dir=tmp_path / "linked" / "assets",
+        parquet=tmp_path / "linked" / "report_trials.parquet",
+        log_to_mlflow=True,
+    )
+    linked_text = linked.read_text(encoding="utf-8")
+    assert "data:image/png" not in linked_text and linked_text.count('src="assets/') == 4
+    assert all((linked.parent / src).is_file() for src in re.findall(r'src="(assets/[^"]+)"', linked_text))
     logged = {f.path for f in tracker.client.list_artifacts(parent, "report")}
     assert {"report/report.html", "report/report_trials.parquet", "report/figures"} <= logged
     figs = {f.path for f in tracker.client.list_artifacts(parent, "report/figures")}
@@ -87,7 +103,7 @@ def test_report_for_experiment_is_complete_and_logged(store, tmp_path):
         f"report/figures/{n}.png" for n in ("psnr_vs_macs", "psnr_vs_latency", "psnr_vs_params", "hypervolume")
     }
     got = Path(tracker.client.download_artifacts(parent, "report/report.html", str(tmp_path / "dl")))
-    assert got.read_bytes() == out.read_bytes()
+    assert got.read_bytes() == linked.read_bytes()
 
 
 def test_write_report_without_latency_references_or_results(tmp_path):
@@ -102,7 +118,7 @@ def test_write_report_without_latency_references_or_results(tmp_path):
             "macs_720p": [1e9, 2e9, 90e9],
         }
     )
-    files = write_report(df, tmp_path / "r.html", objectives="psnr_y:max,macs_720p:min")
+    files = write_report(df, tmp_path / "r.html", objectives="psnr_y:max,macs_720p:min", assets_dir=tmp_path / "a")
     text = files.html.read_text()
     assert [p.name for p in files.figures] == ["psnr_vs_macs.png", "psnr_vs_params.png", "hypervolume.png"]
     assert all(p.stat().st_size > 5000 for p in files.figures)

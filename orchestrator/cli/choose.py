@@ -210,14 +210,26 @@ def report(
     max_latency_ms: MaxLatencyOpt = None,
     device: DeviceOpt = None,
     parent_run_id: ParentOpt = None,
+    assets: Annotated[
+        str | None, typer.Option("--assets", help="Write the figures as PNGs into DIR and link them (default: inlined)")
+    ] = None,
+    parquet: Annotated[
+        str | None, typer.Option("--parquet", help="Also write the trials table to this .parquet file")
+    ] = None,
     log: Annotated[
         bool, typer.Option("--log/--no-log", help="Also log the report to the search's parent run in MLflow")
-    ] = True,
+    ] = False,
 ) -> None:
-    """A self-contained HTML report (trade-off plots, Pareto table, progress) of a search."""
+    """An HTML report (trade-off plots, Pareto table, progress) of a search: one file, figures inlined."""
     from orchestrator.results.report import report_for_experiment  # deferred: pandas, pyarrow, matplotlib
 
     check_output(output, "-o")
+    if parquet is not None:
+        if Path(parquet).suffix.lower() != ".parquet":
+            raise UserError(f"--parquet {parquet!r} is not a .parquet file name; write e.g. trials.parquet")
+        check_output(parquet, "--parquet")
+    if assets is not None:
+        check_output(assets, "--assets", folder=True)
     uri, job_exp = resolve_store(tracking_uri, job)
     name = _experiment(experiment, job_exp)
     html = report_for_experiment(
@@ -230,9 +242,12 @@ def report(
         max_macs=_size(max_macs),
         max_latency_ms=max_latency_ms,
         device=device,
+        assets_dir=assets,
+        parquet=parquet,
         log_to_mlflow=log,
     )
-    print(f"[srcompress] report of {name}: {html}")
+    extras = (f"; figures in {assets}" if assets else "") + (f"; trials table {parquet}" if parquet else "")
+    print(f"[srcompress] report of {name}: {html}{extras}" + ("; logged to the search's parent run" if log else ""))
 
 
 # ---------------------------------------------------------------------------------------------------- table
@@ -349,13 +364,17 @@ def ui(
     port: Annotated[int, typer.Option(help="TCP port", min=1, max=65535)] = 5000,
     host: Annotated[str, typer.Option(help="Interface to bind; 0.0.0.0 exposes the UI to the network")] = "127.0.0.1",
     wait_s: Annotated[float, typer.Option(help="Seconds to wait for the server to come up")] = 60.0,
+    experiment: ExperimentOpt = None,
+    open_browser: Annotated[
+        bool, typer.Option("--open", help="Open the job's runs view in a web browser once the server is up")
+    ] = False,
 ) -> None:
-    """Start the MLflow UI on a job's store and block until Ctrl-C."""
+    """Start the MLflow UI on a job's store, print the deep link to its runs view, and block until Ctrl-C."""
     if store is not None and job is not None:
         raise UserError("--store and --job exclude each other; pass one")
-    experiment = None
+    job_experiment = None
     if job is not None:
-        backend, artifacts, experiment = _ui.store_of_job(job)
+        backend, artifacts, job_experiment = _ui.store_of_job(job)
     else:
         backend = store_option(store) or default_tracking_uri(DEFAULT_STORAGE)
         artifacts = None
@@ -365,15 +384,22 @@ def ui(
     if not db.is_file():
         raise UserError(f"no MLflow store at {db}; run a job first (srcompress run JOB.yaml) or pass --store/--job")
     artifacts = artifacts or default_artifact_root(db.parent)
-    exp_id = None
-    if experiment is not None:
-        exp = Tracker(backend).client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp is not None else None
+    experiment = experiment or job_experiment
+    links = _ui.experiments_with_runs(Tracker(backend).client, experiment)
+    if experiment is not None and not links:
+        raise UserError(f"no MLflow experiment named {experiment!r} in {db}; check --experiment/--job")
     proc = _ui.start_mlflow_server(backend, artifacts, host=host, port=port, wait_s=wait_s)
     url = proc.url  # type: ignore[attr-defined]
     print(f"[srcompress] MLflow UI on {backend}: {url}", flush=True)
-    if exp_id is not None:
-        print(f"[srcompress] runs of {experiment}: {url}/#/experiments/{exp_id}/runs", flush=True)
+    for name, exp_id in links:
+        print(f"[srcompress] runs of {name}: {_ui.runs_url(url, exp_id)}", flush=True)
+    if open_browser:
+        # The job's runs view (the newest experiment's without --job/--experiment), else the UI's home page.
+        target = _ui.runs_url(url, links[0][1]) if links else url
+        import webbrowser  # deferred: only --open needs a browser
+
+        if not webbrowser.open(target):
+            print(f"[srcompress] no web browser found here; open {target} yourself", flush=True)
     print(f"[srcompress] server log: {proc.log_path}; Ctrl-C stops it", flush=True)  # type: ignore[attr-defined]
     # The server runs in its own session, so Ctrl-C reaches only this process: stop the server on it and on TERM.
     previous = signal.signal(signal.SIGTERM, _interrupt)

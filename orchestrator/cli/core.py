@@ -7,11 +7,16 @@ CLI starts fast for commands that never touch a model.
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from orchestrator._driver_log import DRIVER_LOG, driver_log_path, tee_to
+from orchestrator._log_text import describe_allocation, describe_density
 from orchestrator.cli._common import (
     JsonOpt,
     SetOpt,
@@ -23,6 +28,7 @@ from orchestrator.cli._common import (
     parse_knobs,
     store_option,
 )
+from search_spaces import load_job_spec
 from sr.errors import UserError
 
 
@@ -278,33 +284,80 @@ def run(
     Exit codes: 0 every trial ended; 3 the search ended with failed trials (rerun with --resume to retry them);
     2 a usage error; 130 interrupted (Ctrl-C; rerun with --resume to continue); 1 an internal error.
     """
-    from orchestrator.job import JobInterrupted, run_job  # deferred: the job pulls in ray, mlflow and torch
+    # A local cluster: say explicitly what Ray 2.60 does by default (token authentication on), which keeps it on
+    # and spares the driver Ray's warning that it chose so. Read when ray is imported, hence before the import.
+    if address in (None, "", "local"):
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
 
     again = f"srcompress run {job} --resume"
+    spec = load_job_spec(job)
+    log_path, ready, keep_log = _driver_log_target(spec)
     try:
-        summary = run_job(
-            job,
-            address=address,
-            resume=resume,
-            tracking_uri=store_option(store),  # default: the spec's tracking.uri (sqlite under storage.path)
-            num_cpus=num_cpus,
-            verbose=verbose,
-            allow_changed_spec=allow_changed_spec,
-        )
-    except JobInterrupted as exc:
-        print(f"srcompress: interrupted: {exc}; continue it with: {again}", file=sys.stderr, flush=True)
-        raise typer.Exit(130) from None
-    print_summary(summary)
-    failed = int(summary.get("failed", 0))
+        with tee_to(log_path, header=f"srcompress run {job}{' --resume' if resume else ''}", ready=ready):
+            # deferred: the job pulls in ray, mlflow, optuna and torch; imported inside the tee so that the log
+            # handlers they make at import write through it
+            from orchestrator.job import JobInterrupted, run_job
+
+            try:
+                summary = run_job(
+                    job,
+                    address=address,
+                    resume=resume,
+                    tracking_uri=store_option(store),  # default: the spec's tracking.uri (sqlite under storage)
+                    num_cpus=num_cpus,
+                    verbose=verbose,
+                    allow_changed_spec=allow_changed_spec,
+                )
+            except JobInterrupted as exc:
+                print(f"srcompress: interrupted: {exc}; continue it with: {again}", file=sys.stderr, flush=True)
+                raise typer.Exit(130) from None
+            print_summary(summary)
+            failed = int(summary.get("failed", 0))
+            if failed:
+                total = sum(int(v) for k, v in summary.get("counts", {}).items() if k != "infeasible") or failed
+                print(
+                    f"srcompress: error: {failed} of {total} trials failed; retry them from their last checkpoint "
+                    f"with: {again}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    finally:
+        keep_log()  # a remote store gets the log even when the job stopped on an error
+    _log_driver_log(summary, log_path)
     if failed:
-        total = sum(int(v) for k, v in summary.get("counts", {}).items() if k != "infeasible") or failed
-        print(
-            f"srcompress: error: {failed} of {total} trials failed; retry them from their last checkpoint with: "
-            f"{again}",
-            file=sys.stderr,
-            flush=True,
-        )
         raise typer.Exit(FAILED_TRIALS_EXIT)
+
+
+def _driver_log_target(spec: Any) -> tuple[Path, Any, Any]:
+    """``(local log file, ready(), keep())`` for the job's driver log. A local store: ``<job folder>/driver.log``,
+    opened once the job holds its folder (its state file), so a job refused at the start leaves none; ``keep`` does
+    nothing. A remote store (``s3://``...): a local copy (the store's log first, so a resumed job appends to it)
+    that ``keep`` uploads to ``<job>/driver.log`` once the job holds its folder there."""
+    from orchestrator import storage  # deferred: pyarrow is heavy for the light commands of this module
+
+    out = storage.join(spec.storage.path, spec.name)
+    local_out = storage.local_path(out)
+    if local_out is not None:
+        return driver_log_path(local_out), (local_out / "job_state.json").is_file, lambda: None
+    remote_log = storage.join(out, DRIVER_LOG)
+    local_log = Path(tempfile.mkdtemp(prefix="srcompress_driver_")) / DRIVER_LOG
+    if storage.is_file(remote_log):
+        storage.download(remote_log, local_log)
+
+    def keep() -> None:
+        if storage.is_file(storage.join(out, "job_state.json")) and local_log.is_file():
+            storage.upload(local_log, remote_log)
+
+    return local_log, lambda: True, keep
+
+
+def _log_driver_log(summary: dict[str, Any], log_path: Path) -> None:
+    """The driver log as an artifact of the search's parent run (the file itself stays in the job's storage)."""
+    from orchestrator.tracking import Tracker  # deferred: mlflow is heavy
+
+    if summary.get("parent_run_id") and summary.get("tracking_uri"):
+        Tracker(summary["tracking_uri"]).log_artifact(summary["parent_run_id"], log_path, "logs")
+    print(f"[srcompress] driver log: {log_path}", flush=True)
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -317,7 +370,8 @@ def print_summary(summary: dict[str, Any]) -> None:
         f"{counts.get('infeasible', 0)} infeasible skipped (0 trained"
         + (f"; {summary['answered']} answered by the searcher" if summary.get("answered") else "")
         + f"), {counts.get('failed', 0)} failed; "
-        f"density {summary.get('density')}, paper rule {summary.get('allocation')}"
+        f"density {describe_density(summary.get('density'))}, "
+        f"paper rule {describe_allocation(summary.get('allocation'))}"
     )
     trials = summary.get("trials")
     if trials is None or not len(trials):

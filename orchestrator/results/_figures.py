@@ -12,14 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from orchestrator.results.pareto import (
-    GOOD_STATUSES,
-    Objective,
-    hypervolume_history,
-    objective_matrix,
-    pareto_mask,
-    reference_point,
-)
+from orchestrator.results.pareto import GOOD_STATUSES, Objective, pareto_mask
+from orchestrator.results.summary import format_value, hypervolume_progress
 from sr.published import Published
 
 _C_TRIAL = "#4c78a8"
@@ -42,7 +36,9 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def _new_axes(figsize: tuple[float, float]) -> tuple[Any, Any]:
+def _new_axes(figsize: tuple[float, float], *, strip: bool = False) -> tuple[Any, Any, Any]:
+    """``(figure, main axes, strip axes or None)``; the strip is a thin panel under the main axes, sharing its x
+    axis, for points that have an x but no y (infeasible draws: priced, never trained)."""
     # The Agg canvas needs no display, and a bare Figure never touches pyplot's global state or backend.
     # deferred: matplotlib is heavy and only a report needs it
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -50,11 +46,16 @@ def _new_axes(figsize: tuple[float, float]) -> tuple[Any, Any]:
 
     fig = Figure(figsize=figsize, layout="constrained")
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.grid(True, which="major", alpha=0.3)
-    ax.grid(True, which="minor", alpha=0.08)
-    ax.spines[["top", "right"]].set_visible(False)
-    return fig, ax
+    if strip:
+        ax, low = fig.subplots(2, 1, sharex=True, height_ratios=(14, 1))
+    else:
+        ax, low = fig.add_subplot(), None
+    for a in (ax, low):
+        if a is not None:
+            a.grid(True, which="major", alpha=0.3)
+            a.grid(True, which="minor", alpha=0.08)
+            a.spines[["top", "right"]].set_visible(False)
+    return fig, ax, low
 
 
 def _tradeoff_figure(
@@ -76,20 +77,23 @@ def _tradeoff_figure(
     With test figures the points sit at their test PSNR_Y (comparable with the published Set5 points) while the
     front is still the one chosen on the validation PSNR_Y.
     """
-    fig, ax = _new_axes((7.4, 4.6))
     x = _num(df, x_col) / x_div
     y_sel = _num(df, "psnr_y")
     on_test = "test_psnr_y" in df.columns and bool(np.isfinite(_num(df, "test_psnr_y")).any())
     y = _num(df, "test_psnr_y") if on_test else y_sel
     y_col = "test_psnr_y" if on_test else "psnr_y"
     status = df["status"].astype("string").fillna("running").to_numpy() if "status" in df else np.array([])
+    infeasible = (status == "infeasible") & np.isfinite(x) & (x > 0)
+    # The legend sits outside the axes, right of them, so it can hide no point or label: the figure is wider.
+    fig, ax, strip = _new_axes((9.4, 4.8), strip=bool(infeasible.any()))
     # The draw order below fixes the legend's order.
     xs_all, ys_all = _draw_trials(ax, x, y, status, in_budget, y_sel=y_sel)
     _draw_references(ax, references, x_col=x_col, x_div=x_div, xs_all=xs_all, ys_all=ys_all, y_col=y_col)
     labels = _draw_published(ax, published, published_x, xs_all=xs_all, ys_all=ys_all)
     _draw_budget(ax, budget, x_div=x_div, xs_all=xs_all)
-    _draw_infeasible(ax, x, status, xs_all=xs_all)
-    _finish_axes(ax, xs_all, ys_all, x_label=x_label, x_unit_fmt=x_unit_fmt, title=title)
+    if strip is not None:
+        _draw_infeasible(strip, x[infeasible], xs_all=xs_all)
+    _finish_axes(ax, xs_all, ys_all, x_label=x_label, x_unit_fmt=x_unit_fmt, title=title, strip=strip)
     ax.set_ylabel(f"PSNR_Y on the {'test' if on_test else 'validation'} set (dB)")
     _place_labels(ax, labels, color=_C_PUBLISHED)
     return fig
@@ -177,15 +181,18 @@ def _draw_references(
             )
         else:
             xs_all.append(float(rx) / x_div)
+            # Under the published diamonds and half transparent: the teacher is often a published model itself
+            # (IMDN), whose diamond must stay visible on top of the star rather than vanish under it.
             ax.scatter(
                 [float(rx) / x_div],
                 [float(ry)],
                 marker="*",
-                s=220,
+                s=260,
                 color=_C_TEACHER,
+                alpha=0.7,
                 edgecolors="black",
                 linewidths=0.6,
-                zorder=6,
+                zorder=4.5,
                 label=str(r["kind"]),
             )
 
@@ -236,57 +243,77 @@ def _draw_budget(ax: Any, budget: float | None, *, x_div: float, xs_all: list[fl
     xs_all.append(budget / x_div)
 
 
-def _draw_infeasible(ax: Any, x: np.ndarray, status: np.ndarray, *, xs_all: list[float]) -> None:
-    # Infeasible trials were never trained (no PSNR): grey crosses on a strip below the data.
-    infeasible = (status == "infeasible") & np.isfinite(x) & (x > 0)
-    if not infeasible.any():
-        return
-    xs_all.extend(x[infeasible])
-    ax.scatter(
-        x[infeasible],
-        np.full(int(infeasible.sum()), 0.035),
-        transform=ax.get_xaxis_transform(),
-        marker="x",
-        s=30,
-        color=_C_INFEASIBLE,
-        zorder=3,
-        clip_on=False,
-        label="infeasible (not trained)",
+def _draw_infeasible(strip: Any, x: np.ndarray, *, xs_all: list[float]) -> None:
+    """Infeasible draws (over budget, never trained, so no PSNR) as grey crosses on their own strip under the
+    plot: at their cost, and nowhere on the PSNR axis."""
+    xs_all.extend(x)
+    strip.scatter(
+        x, np.zeros(len(x)), marker="x", s=30, color=_C_INFEASIBLE, zorder=3, label="infeasible (not trained)"
     )
+    strip.set_ylim(-1, 1)
+    strip.set_yticks([])
+    strip.set_ylabel("infeasible", fontsize=7, rotation=0, ha="right", va="center", color=_C_INFEASIBLE)
+    strip.spines[["left"]].set_visible(False)
 
 
 def _finish_axes(
-    ax: Any, xs_all: list[float], ys_all: list[float], *, x_label: str, x_unit_fmt: str, title: str
+    ax: Any,
+    xs_all: list[float],
+    ys_all: list[float],
+    *,
+    x_label: str,
+    x_unit_fmt: str,
+    title: str,
+    strip: Any = None,
 ) -> None:
     from matplotlib.ticker import FuncFormatter  # deferred: matplotlib is heavy and only a report needs it
 
     if ys_all:
         lo, hi = min(ys_all), max(ys_all)
         span = max(hi - lo, 0.5)
-        ax.set_ylim(lo - 0.14 * span, hi + 0.08 * span)
+        ax.set_ylim(lo - 0.08 * span, hi + 0.08 * span)
     if xs_all:
         ax.set_xscale("log")
         lo_x, hi_x = min(xs_all), max(xs_all)
         ax.set_xlim(lo_x / 1.6, hi_x * 1.9)  # room for the published labels right of their markers
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: format(v, x_unit_fmt)))
-    ax.set_xlabel(x_label)
+    (strip if strip is not None else ax).set_xlabel(x_label)
     ax.set_ylabel("PSNR_Y (dB)")
     ax.set_title(title, fontsize=11, loc="left")
-    # Cheap and accurate (upper left) is the corner no trade-off plot reaches.
-    ax.legend(fontsize=8, loc="center right", framealpha=0.9)
+    handles, names = ax.get_legend_handles_labels()
+    if strip is not None:
+        more = strip.get_legend_handles_labels()
+        handles, names = handles + more[0], names + more[1]
+    # Outside the axes (right of them): a legend inside would hide whatever lies under it, as the bicubic label did.
+    ax.legend(handles, names, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9)
 
 
-# Label offsets in points, tried in order: right-above, right-below, left-above, left-below, then further out.
+# Label offsets in points, tried in order: right-above, right-below, left-above, left-below, then further out
+# (a leader line ties a label to its point, so a label moved away from a crowd still names the right one).
 _LABEL_OFFSETS = (
-    (5, 4, "left"),
-    (5, -11, "left"),
-    (-5, 4, "right"),
-    (-5, -11, "right"),
-    (6, 13, "left"),
-    (6, -20, "left"),
-    (-6, 13, "right"),
-    (-6, -20, "right"),
+    (6, 5, "left"),
+    (6, -12, "left"),
+    (-6, 5, "right"),
+    (-6, -12, "right"),
+    (10, 16, "left"),
+    (10, -22, "left"),
+    (-10, 16, "right"),
+    (-10, -22, "right"),
+    (22, 26, "left"),
+    (22, -32, "left"),
+    (-22, 26, "right"),
+    (-22, -32, "right"),
 )
+
+
+def _text_box(text: Any, renderer: Any) -> Any:
+    """The box of a text's letters: an annotation's own extent also spans its leader line, which by design
+    reaches the marker it names."""
+    from matplotlib.text import Annotation, Text  # deferred: matplotlib is heavy and only a report needs it
+
+    if isinstance(text, Annotation):
+        text.update_positions(renderer)  # where its offset puts the text (done at draw time otherwise)
+    return Text.get_window_extent(text, renderer)
 
 
 def _place_labels(ax: Any, labels: Sequence[tuple[float, float, str]], *, color: str) -> None:
@@ -304,9 +331,8 @@ def _place_labels(ax: Any, labels: Sequence[tuple[float, float, str]], *, color:
             r = 0.5 * np.sqrt(float(sizes.max()) if len(sizes) else 30.0) * fig.dpi / 72.0
             for xd, yd in coll.get_offset_transform().transform(np.asarray(offsets, dtype=float)):
                 obstacles.append((xd - r, yd - r, xd + r, yd + r))
-    legend = ax.get_legend()
-    if legend is not None:
-        b = legend.get_window_extent(renderer)
+    for text in ax.texts:  # the reference and budget labels drawn already
+        b = _text_box(text, renderer)
         obstacles.append((b.x0, b.y0, b.x1, b.y1))
     axes_box = ax.get_window_extent(renderer)
 
@@ -319,12 +345,33 @@ def _place_labels(ax: Any, labels: Sequence[tuple[float, float, str]], *, color:
         outside = max(0.0, axes_box.x0 - b.x0) + max(0.0, b.x1 - axes_box.x1) + max(0.0, b.y1 - axes_box.y1)
         return area + 50.0 * outside
 
-    for x, y, text in labels:
+    named = np.array([ax.transData.transform((x, y)) for x, y, _ in labels])
+
+    def misleading(b: Any, own: np.ndarray) -> float:
+        """Penalty when another labelled point lies nearer the text than its own: a reader would pair them."""
+        nearest = np.clip(named, [b.x0, b.y0], [b.x1, b.y1])  # each point's nearest spot on the box
+        dist = np.hypot(*(named - nearest).T)
+        own_dist = float(np.hypot(*(own - np.clip(own, [b.x0, b.y0], [b.x1, b.y1]))))
+        return 400.0 * float((dist < own_dist - 1.0).sum())
+
+    for i, (x, y, text) in enumerate(labels):
         best = None
         for dx, dy, ha in _LABEL_OFFSETS:
-            ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, fontsize=8, color=color)
-            box = ann.get_window_extent(renderer)
-            cost = overlap(box)
+            ann = ax.annotate(
+                text,
+                (x, y),
+                xytext=(dx, dy),
+                textcoords="offset points",
+                ha=ha,
+                fontsize=8,
+                color=color,
+                arrowprops={"arrowstyle": "-", "lw": 0.5, "color": color, "shrinkA": 0, "shrinkB": 3},
+            )
+            # Out of the constrained layout: a label must not resize the axes it was placed in (which would move
+            # every marker relative to the labels placed before it).
+            ann.set_in_layout(False)
+            box = _text_box(ann, renderer)
+            cost = overlap(box) + misleading(box, named[i])
             if best is None or cost < best[0]:
                 if best is not None:
                     best[1].remove()
@@ -339,43 +386,24 @@ def _place_labels(ax: Any, labels: Sequence[tuple[float, float, str]], *, color:
 
 
 def _hypervolume_figure(df: pd.DataFrame, objectives: Sequence[Objective]) -> tuple[Any, str] | None:
-    """Hypervolume of the first two objectives after each trial; None when there is nothing to plot."""
-    objs = list(objectives)[:2]
-    if len(objs) < 2 or not len(df):
+    """Hypervolume of the first two objectives after each trial and its caption; None when nothing to plot."""
+    hv = hypervolume_progress(df, objectives)
+    if hv is None:
         return None
-    pts = objective_matrix(df, objs)
-    good = df["status"].isin(list(GOOD_STATUSES)).to_numpy(dtype=bool)
-    pts[~good] = np.nan
-    if not np.isfinite(pts).all(axis=1).any():
-        return None
-    modes = [m for _, m in objs]
-    ref = reference_point(pts, modes)
-    # Normalised by the box between the ideal point (best value seen per objective) and the reference, so the
-    # curve reads as a fraction whatever the objectives' units.
-    finite = pts[np.isfinite(pts).all(axis=1)]
-    ideal = np.array([finite[:, j].max() if m == "max" else finite[:, j].min() for j, m in enumerate(modes)])
-    box = float(np.prod(np.abs(ref - ideal))) or 1.0
-    hv = hypervolume_history(pts, modes, ref) / box
-    trial_no = _num(df, "trial_number")
-    x = np.where(np.isfinite(trial_no), trial_no, np.arange(len(df)))
-    order = np.argsort(x, kind="stable")
-    x, hv = x[order], hv[order]
-    fig, ax = _new_axes((7.4, 3.2))
-    ax.step(x, hv, where="post", color=_C_TRIAL, lw=1.6)
-    gain = np.r_[hv[0] > 0, np.diff(hv) > 0]
-    ax.scatter(x[gain], hv[gain], s=22, color=_C_FRONT, zorder=3, label="front improved")
+    (o1, m1), (o2, m2) = hv.objectives
+    x, frac = hv.trial, hv.fraction
+    fig, ax, _ = _new_axes((7.4, 3.2))
+    ax.step(x, frac, where="post", color=_C_TRIAL, lw=1.6)
+    gain = np.r_[frac[0] > 0, np.diff(frac) > 0]
+    ax.scatter(x[gain], frac[gain], s=22, color=_C_FRONT, zorder=3, label="front improved")
     ax.set_xlabel("trial number")
     ax.set_ylabel("hypervolume (fraction of box)")
     ax.set_ylim(0, 1.02)
-    ax.set_title(
-        f"Search progress: hypervolume of ({objs[0][0]} {objs[0][1]}, {objs[1][0]} {objs[1][1]})",
-        fontsize=11,
-        loc="left",
-    )
+    ax.set_title(f"Search progress: hypervolume of ({o1} {m1}, {o2} {m2})", fontsize=11, loc="left")
     ax.legend(fontsize=8, loc="lower right")
-    ref_txt = (
-        f"hypervolume as a fraction of the box from the ideal point ({objs[0][0]} = {ideal[0]:.4g}, "
-        f"{objs[1][0]} = {ideal[1]:.4g}) to the reference point ({objs[0][0]} = {ref[0]:.4g}, "
-        f"{objs[1][0]} = {ref[1]:.4g})"
+    caption = (
+        f"hypervolume as a fraction of the box from the ideal point ({format_value(o1, hv.ideal[0])}, "
+        f"{format_value(o2, hv.ideal[1])}) to the reference point ({format_value(o1, hv.ref[0])}, "
+        f"{format_value(o2, hv.ref[1])})"
     )
-    return fig, ref_txt
+    return fig, caption

@@ -1,4 +1,5 @@
-"""The report's HTML: one self-contained page (CSS inline, figures as base64 PNG) built from plain strings."""
+"""The report's HTML: one page built from plain strings, CSS inline; each figure's ``src`` is a ``data:`` URI (one
+self-contained file) or a path relative to the page (``--assets DIR``)."""
 
 from __future__ import annotations
 
@@ -75,12 +76,13 @@ def _clb(row: pd.Series) -> str:
     return "/".join(_fmt(row.get(k), "g") for k in ("C", "L", "B"))
 
 
-def _img(png: bytes, alt: str, caption: str) -> str:
-    data = base64.b64encode(png).decode("ascii")
-    return (
-        f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
-        f"<figcaption>{caption}</figcaption></figure>"
-    )
+def png_src(png: bytes) -> str:
+    """A PNG as a ``data:`` URI, so the page needs no file beside it."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _img(src: str, alt: str, caption: str) -> str:
+    return f'<figure><img alt="{html.escape(alt)}" src="{html.escape(src)}"><figcaption>{caption}</figcaption></figure>'
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: Sequence[int] = ()) -> str:
@@ -98,7 +100,7 @@ def _page(
     *,
     front: pd.DataFrame,
     objs: Sequence[Objective],
-    figures: list[tuple[str, bytes, str]],
+    figures: list[tuple[str, str, str]],
     hv_caption: str,
     references: pd.DataFrame | None,
     pubs: Sequence[Published],
@@ -115,7 +117,8 @@ def _page(
     parts += _failed_section(df)
     parts.append(
         "<p class='note'>MACs are multiply-accumulates for a 1280x720 output. Infeasible trials exceeded a budget"
-        " and were never trained; they appear on the plots as grey crosses along the bottom.</p></body></html>"
+        " and were never trained; they appear as grey crosses on a strip under each plot, at their cost.</p>"
+        "</body></html>"
     )
     return "\n".join(parts)
 
@@ -197,11 +200,11 @@ def _front_section(front: pd.DataFrame) -> list[str]:
     return parts
 
 
-def _figures_section(figures: list[tuple[str, bytes, str]], hv_caption: str) -> list[str]:
+def _figures_section(figures: list[tuple[str, str, str]], hv_caption: str) -> list[str]:
     if not figures:
         return []
     parts = ["<h2>Trade-offs</h2><div class='grid'>"]
-    for name, png, caption in figures:
+    for name, src, caption in figures:
         cap = html.escape(caption)
         if name == "hypervolume" and hv_caption:
             cap += " · " + html.escape(hv_caption)
@@ -210,7 +213,7 @@ def _figures_section(figures: list[tuple[str, bytes, str]], hv_caption: str) -> 
                 " · front = non-dominated trials in these two axes (within budgets) · published PSNR is on Set5"
                 " from the papers"
             )
-        parts.append(_img(png, name, cap))
+        parts.append(_img(src, name, cap))
     parts.append("</div>")
     return parts
 

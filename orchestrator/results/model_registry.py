@@ -34,7 +34,7 @@ from sr.errors import UserError
 
 log = logging.getLogger(__name__)
 
-MODEL_URI_TAG = "model_uri"
+MODEL_URI_TAG = "srcompress.model_uri"  # every run tag srcompress sets has the srcompress. prefix
 RUN_ID_TAG = "srcompress.run_id"  # on each version: the trial run its model came from
 _VERSION_TAGS = ("arch", "C", "L", "B", "scale", "psnr_y", "ssim_y", "params", "macs_720p", "latency_ms")
 

@@ -19,7 +19,15 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.results._store import as_tracker
-from orchestrator.tracking import KIND_TAG, PARENT_TAG, STATUS_TAG, Tracker
+from orchestrator.tracking import (
+    KIND_TAG,
+    PARENT_TAG,
+    PARETO_TAG,
+    STATUS_TAG,
+    Tracker,
+    metrics_from_mlflow,
+    srcompress_tag,
+)
 from sr.errors import ConfigError, UserError
 
 if TYPE_CHECKING:
@@ -311,16 +319,16 @@ def _trial_row(run: Run) -> dict[str, Any]:
         "run_name": run.info.run_name or tags.get("mlflow.runName"),
         "status": tags.get(STATUS_TAG, "running"),
         "parent_run_id": tags.get(PARENT_TAG),
-        "trial_number": tags.get("trial_number"),
-        "pareto": tags.get("pareto"),
+        "trial_number": srcompress_tag(tags, "trial_number"),
+        "pareto": srcompress_tag(tags, "pareto"),
         "start_time_ms": run.info.start_time,
     }
     for tag in _STR_TAGS:
         # The trial's own tags are under srcompress.* (srcompress.latency_device: orchestrator.latency).
-        row[tag] = tags.get(f"srcompress.{tag}", tags.get(tag))
+        row[tag] = srcompress_tag(tags, tag)
     for key, value in run.data.params.items():
         row.setdefault(key, value)
-    for key, value in run.data.metrics.items():
+    for key, value in metrics_from_mlflow(run.data.metrics).items():
         row.setdefault(key, value)
     return row
 
@@ -350,7 +358,7 @@ def query_references(tracker_or_uri: Tracker | str, experiment: str) -> pd.DataF
     runs = [r for kind in REFERENCE_KINDS for r in search_all_runs(tracker, exp_id, f"tags.`{KIND_TAG}` = '{kind}'")]
     rows = []
     for r in runs:
-        m = r.data.metrics
+        m = metrics_from_mlflow(r.data.metrics)
         rows.append(
             {
                 "kind": r.data.tags.get(KIND_TAG),
@@ -579,5 +587,5 @@ def mark_pareto(
     )
     on_front = set(found.front["run_id"])
     for run_id in found.trials["run_id"]:
-        tracker.set_tags(run_id, {"pareto": "true" if run_id in on_front else "false"})
+        tracker.set_tags(run_id, {PARETO_TAG: "true" if run_id in on_front else "false"})
     return list(found.front["run_id"])

@@ -1,12 +1,14 @@
 """A self-contained HTML report of a search: trade-off plots, the Pareto front, progress and status counts.
 
-Figures are drawn with matplotlib's Agg canvas (no display needed, ``_figures``) and embedded as base64 PNG in one
-HTML page (``_page``), so the file opens anywhere without network access; the same PNGs are written beside it and,
-with ``report_for_experiment``, logged as artifacts of the search's parent run so they show in the MLflow UI.
+Figures are drawn with matplotlib's Agg canvas (no display needed, ``_figures``) and inlined as ``data:`` PNGs in
+one HTML page (``_page``), so the one file opens anywhere without network access and nothing is written beside
+it. ``assets_dir`` writes the PNGs there instead and links them; ``report_for_experiment`` writes a trials Parquet
+and logs the report to the search's parent run only when asked.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.results._figures import _hypervolume_figure, _num, _png, _tradeoff_figure
-from orchestrator.results._page import STATUS_ORDER, _page
+from orchestrator.results._page import STATUS_ORDER, _page, png_src
 from orchestrator.results._store import as_tracker
 from orchestrator.results.pareto import (
     DEFAULT_OBJECTIVES,
@@ -37,7 +39,7 @@ __all__ = ["STATUS_ORDER", "ReportFiles", "published_points", "report_for_experi
 
 @dataclass(frozen=True)
 class ReportFiles:
-    """What ``write_report`` wrote: the HTML and the figure PNGs embedded in it."""
+    """What ``write_report`` wrote: the HTML and the figure PNGs it links (none when they are inlined)."""
 
     html: Path
     figures: tuple[Path, ...]
@@ -79,8 +81,9 @@ def write_report(
     max_macs: float | None = None,
     max_latency_ms: float | None = None,
     device: str | None = None,
+    assets_dir: str | Path | None = None,
 ) -> ReportFiles:
-    """Write a self-contained HTML report of the trials (figures also saved as PNGs in ``<stem>_figures/``).
+    """Write an HTML report of the trials: one self-contained file, or figures as PNGs in ``assets_dir``.
 
     Args:
         df_trials: trials as from ``query_trials``.
@@ -96,14 +99,14 @@ def write_report(
         max_macs: budget in MACs for a 1280x720 output.
         max_latency_ms: latency budget in ms.
         device: only trials whose latency was measured on this device count for the front.
+        assets_dir: write the figures there as PNGs, linked from the page (default: inlined as ``data:`` URIs).
 
     Returns:
         The paths written.
     """
     objs = parse_objectives(objectives)
     out_html = Path(out_html)
-    fig_dir = out_html.parent / f"{out_html.stem}_figures"
-    fig_dir.mkdir(parents=True, exist_ok=True)
+    out_html.parent.mkdir(parents=True, exist_ok=True)
     df = df_trials.reset_index(drop=True)
     if "status" not in df.columns:
         df = df.assign(status="completed")
@@ -122,18 +125,24 @@ def write_report(
         figures.append(("hypervolume", _png(hv[0]), "search progress"))
         hv_caption = hv[1]
 
-    paths = []
-    for name, png, _ in figures:
-        p = fig_dir / f"{name}.png"
-        p.write_bytes(png)
-        paths.append(p)
+    paths: list[Path] = []
+    linked: list[tuple[str, str, str]] = []
+    for name, png, caption in figures:
+        src = png_src(png)
+        if assets_dir is not None:
+            p = Path(assets_dir) / f"{name}.png"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(png)
+            paths.append(p)
+            src = Path(os.path.relpath(p.resolve(), out_html.parent.resolve())).as_posix()
+        linked.append((name, src, caption))
 
     out_html.write_text(
         _page(
             df,
             front=front,
             objs=objs,
-            figures=figures,
+            figures=linked,
             hv_caption=hv_caption,
             references=references,
             pubs=pubs,
@@ -209,13 +218,16 @@ def report_for_experiment(
     max_macs: float | None = None,
     max_latency_ms: float | None = None,
     device: str | None = None,
-    log_to_mlflow: bool = True,
+    assets_dir: str | Path | None = None,
+    parquet: str | Path | None = None,
+    log_to_mlflow: bool = False,
 ) -> Path:
-    """Query an experiment's trials and references, write the report, and log it to the search's parent run.
+    """Query an experiment's trials and references and write the report (see ``write_report``).
 
-    With ``parent_run_id`` only that search's trials are reported; without it every trial of the experiment is,
-    and the artifacts go to the most recent search run. Artifacts land under ``report/`` of the parent run
-    (the HTML, ``<stem>_trials.parquet`` and ``figures/*.png``).
+    With ``parent_run_id`` only that search's trials are reported; without it every trial of the experiment is.
+    ``parquet`` also writes the trials table there. ``log_to_mlflow`` logs the HTML (and the linked PNGs and the
+    Parquet, when written) under ``report/`` of the search's parent run (without ``parent_run_id``: the most
+    recent search run); by default the store is only read.
 
     Returns:
         The HTML path.
@@ -236,12 +248,14 @@ def report_for_experiment(
         max_macs=max_macs,
         max_latency_ms=max_latency_ms,
         device=device,
+        assets_dir=assets_dir,
     )
-    parquet = write_trials_parquet(df, files.html.parent / f"{files.html.stem}_trials.parquet")
+    table = write_trials_parquet(df, parquet) if parquet is not None else None
     target = parent_run_id or latest_search_run(tracker, experiment)
     if log_to_mlflow and target:
         tracker.log_artifact(target, files.html, artifact_path="report")
-        tracker.log_artifact(target, parquet, artifact_path="report")
+        if table is not None:
+            tracker.log_artifact(target, table, artifact_path="report")
         for png in files.figures:
             tracker.log_artifact(target, png, artifact_path="report/figures")
     return files.html
