@@ -336,7 +336,8 @@ def to_fast_layout(x: Any) -> Any:
     their weight's layout, so a converted model also returns channels_last outputs for NCHW inputs; values are the
     same up to float summation order."""
     if isinstance(x, nn.Module):
-        return x.to(memory_format=torch.channels_last)
+        # nn.Module.to takes memory_format (4-D weights are converted); torch's type stubs leave it out.
+        return x.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if isinstance(x, torch.Tensor) and x.dim() == 4:
         return x.contiguous(memory_format=torch.channels_last)
     return x
