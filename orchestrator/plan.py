@@ -185,7 +185,7 @@ def _values(dim: Any) -> list[Any] | None:
 def count_feasible(spec: JobSpec, space: Mapping[str, Any], budget: Budget) -> dict[str, Any]:
     """How many architecture configurations of ``space`` meet ``budget`` (KD weights do not change the price).
 
-    Params and MACs grow with every size knob (as ``check_budget_reachable`` relies on), so along ``C`` the feasible
+    Params and MACs grow with C, L and B (as ``check_budget_reachable`` relies on), so along ``C`` the feasible
     values are a prefix: a binary search per combination of the other knobs, bounded by the prefixes of the cheaper
     neighbouring combinations, prices a few models per combination, not all.
     """
@@ -206,7 +206,7 @@ def count_feasible(spec: JobSpec, space: Mapping[str, Any], budget: Budget) -> d
     line = "C" if len(values.get("C", [])) > 1 else None
     cs = sorted(values.pop(line)) if line else [None]
     names = list(values)
-    sizes = {n for n in names if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values[n])}
+    sizes = {"L", "B", "width"} & set(names)  # the knobs the price grows with (others, e.g. IMDN's distilled, may not)
     feasible = priced = 0
 
     def ok(point: dict[str, Any], c: Any) -> bool:
