@@ -24,10 +24,11 @@ from orchestrator._ray_connect import connect_ray
 from orchestrator.job import _budget, paper_allocation, plan_search
 from orchestrator.search import SearchPlan, max_concurrent, trial_resources
 from orchestrator.tasks import teacher_ref
-from search_spaces import JobSpec, job_space, load_job_spec, smallest_knobs, student_knobs
+from search_spaces import JobSpec, check_paths, job_space, load_job_spec, smallest_knobs, student_knobs
 from search_spaces._space import is_range
 from search_spaces._values import is_uri
 from sr.budget import Budget, check_budget_reachable, is_feasible, price
+from sr.errors import UserError
 from sr.models import family_of, get_family, get_variant
 
 __all__ = ["count_feasible", "make_plan", "print_plan", "trial_concurrency"]
@@ -45,6 +46,11 @@ def make_plan(spec_path: str | os.PathLike[str], *, address: str | None = None) 
     """
     spec = load_job_spec(spec_path)
     warnings = _missing_paths(spec)
+    try:
+        spec = check_paths(spec, spec_path)  # the fallbacks `run` applies (e.g. data.if_missing: builtin)
+    except UserError:
+        if not warnings:
+            raise  # a defect of a path that is here (e.g. a folder without images): run refuses it too
     schedule = prune_schedule(spec, spec_path)
     space = job_space(spec)
     budget = _budget(spec)
