@@ -68,6 +68,11 @@ def make_plan(spec_path: str | os.PathLike[str], *, address: str | None = None) 
         "trials": spec.search.num_samples,
         "per_trial_resources": trial_resources(search),
         "workers_per_trial": spec.resources.workers_per_trial,
+        # What each of a trial's TorchTrainer workers holds (a one-worker trial trains in the trial itself).
+        "per_worker_resources": {
+            "CPU": search.cpus_per_worker,
+            **({"GPU": search.gpus_per_worker} if search.use_gpu else {}),
+        },
         "cluster": dict(cluster),
         "concurrency": trial_concurrency(search, cluster),
         "storage": _storage_dir(spec),
@@ -269,7 +274,8 @@ def print_plan(plan: Mapping[str, Any]) -> None:
         )
     conc = plan["concurrency"]
     print(
-        f"  trials: {plan['trials']}, each {plan['per_trial_resources']} x {plan['workers_per_trial']} worker(s); "
+        f"  trials: {plan['trials']}, each holding {plan['per_trial_resources']} with {plan['workers_per_trial']} "
+        f"worker(s) of {plan['per_worker_resources']}; "
         f"at once: {conc['now']} now (cluster {plan['cluster']}), at the autoscaling maximum: "
         f"{conc['at_autoscaling_max'] if conc['at_autoscaling_max'] is not None else 'not known'}"
     )
