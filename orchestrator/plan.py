@@ -24,10 +24,11 @@ from orchestrator._ray_connect import connect_ray
 from orchestrator.job import _budget, paper_allocation, plan_search
 from orchestrator.search import SearchPlan, max_concurrent, trial_resources
 from orchestrator.tasks import teacher_ref
-from search_spaces import JobSpec, job_space, load_job_spec, smallest_knobs, student_knobs
+from search_spaces import JobSpec, check_paths, job_space, load_job_spec, smallest_knobs, student_knobs
 from search_spaces._space import is_range
 from search_spaces._values import is_uri
 from sr.budget import Budget, check_budget_reachable, is_feasible, price
+from sr.errors import UserError
 from sr.models import family_of, get_family, get_variant
 
 __all__ = ["count_feasible", "make_plan", "print_plan", "trial_concurrency"]
@@ -45,6 +46,11 @@ def make_plan(spec_path: str | os.PathLike[str], *, address: str | None = None) 
     """
     spec = load_job_spec(spec_path)
     warnings = _missing_paths(spec)
+    try:
+        spec = check_paths(spec, spec_path)  # the fallbacks `run` applies (e.g. data.if_missing: builtin)
+    except UserError:
+        if not warnings:
+            raise  # a defect of a path that is here (e.g. a folder without images): run refuses it too
     schedule = prune_schedule(spec, spec_path)
     space = job_space(spec)
     budget = _budget(spec)
@@ -62,6 +68,11 @@ def make_plan(spec_path: str | os.PathLike[str], *, address: str | None = None) 
         "trials": spec.search.num_samples,
         "per_trial_resources": trial_resources(search),
         "workers_per_trial": spec.resources.workers_per_trial,
+        # What each of a trial's TorchTrainer workers holds (a one-worker trial trains in the trial itself).
+        "per_worker_resources": {
+            "CPU": search.cpus_per_worker,
+            **({"GPU": search.gpus_per_worker} if search.use_gpu else {}),
+        },
         "cluster": dict(cluster),
         "concurrency": trial_concurrency(search, cluster),
         "storage": _storage_dir(spec),
@@ -185,7 +196,7 @@ def _values(dim: Any) -> list[Any] | None:
 def count_feasible(spec: JobSpec, space: Mapping[str, Any], budget: Budget) -> dict[str, Any]:
     """How many architecture configurations of ``space`` meet ``budget`` (KD weights do not change the price).
 
-    Params and MACs grow with every size knob (as ``check_budget_reachable`` relies on), so along ``C`` the feasible
+    Params and MACs grow with C, L and B (as ``check_budget_reachable`` relies on), so along ``C`` the feasible
     values are a prefix: a binary search per combination of the other knobs, bounded by the prefixes of the cheaper
     neighbouring combinations, prices a few models per combination, not all.
     """
@@ -206,7 +217,7 @@ def count_feasible(spec: JobSpec, space: Mapping[str, Any], budget: Budget) -> d
     line = "C" if len(values.get("C", [])) > 1 else None
     cs = sorted(values.pop(line)) if line else [None]
     names = list(values)
-    sizes = {n for n in names if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values[n])}
+    sizes = {"L", "B", "width"} & set(names)  # the knobs the price grows with (others, e.g. IMDN's distilled, may not)
     feasible = priced = 0
 
     def ok(point: dict[str, Any], c: Any) -> bool:
@@ -263,7 +274,8 @@ def print_plan(plan: Mapping[str, Any]) -> None:
         )
     conc = plan["concurrency"]
     print(
-        f"  trials: {plan['trials']}, each {plan['per_trial_resources']} x {plan['workers_per_trial']} worker(s); "
+        f"  trials: {plan['trials']}, each holding {plan['per_trial_resources']} with {plan['workers_per_trial']} "
+        f"worker(s) of {plan['per_worker_resources']}; "
         f"at once: {conc['now']} now (cluster {plan['cluster']}), at the autoscaling maximum: "
         f"{conc['at_autoscaling_max'] if conc['at_autoscaling_max'] is not None else 'not known'}"
     )
