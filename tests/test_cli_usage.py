@@ -16,7 +16,7 @@ from orchestrator.cli import commands, get_app, main
 REPO = Path(__file__).resolve().parents[1]
 
 USAGE_ERRORS = {
-    "missing options": (["eval"], "Missing option '--arch'"),
+    "missing options": (["eval"], "Missing option '--weights'"),
     "bad value": (["complexity", "edsr_mini", "--scale", "abc"], "'--scale'"),
     "unknown option": (["complexity", "edsr_mini", "--bogus"], "--bogus"),
     "unknown command": (["complexify"], "complexify"),
