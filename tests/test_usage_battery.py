@@ -118,7 +118,7 @@ def _cases(fx: dict[str, Path], root: Path) -> list[tuple[str, list[str], Path, 
     teacher = ["--teacher-arch", "edsr_mini", "--teacher-weights"]
     # ---- item 1: command-line usage errors (typer's own classes)
     cli("bare srcompress", [], "no command given")
-    cli("eval without options", ["eval"], "Missing option '--arch'")
+    cli("eval without options", ["eval"], "Missing option '--weights'")
     cli("unknown command", ["complexify"], "complexify")
     cli("unknown option", ["complexity", "edsr_mini", "--bogus"], "--bogus")
     cli("non-numeric --scale", ["complexity", "edsr_mini", "--scale", "abc"], "--scale")
