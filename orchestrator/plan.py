@@ -19,10 +19,12 @@ from typing import Any
 
 import ray
 
+from orchestrator import storage
 from orchestrator._preflight import prune_schedule
 from orchestrator._ray_connect import connect_ray
+from orchestrator.concurrency import autoscaler_max_resources, concurrency
 from orchestrator.job import _budget, paper_allocation, plan_search
-from orchestrator.search import SearchPlan, max_concurrent, trial_resources
+from orchestrator.search import SearchPlan, trial_resources
 from orchestrator.tasks import teacher_ref
 from search_spaces import JobSpec, check_paths, job_space, load_job_spec, smallest_knobs, student_knobs
 from search_spaces._space import is_range
@@ -55,7 +57,7 @@ def make_plan(spec_path: str | os.PathLike[str], *, address: str | None = None) 
     space = job_space(spec)
     budget = _budget(spec)
     check_budget_reachable(spec.student.arch, smallest_knobs(spec, space), budget)
-    cluster = _cluster_resources(address)
+    cluster, grown = _cluster_resources(address)
     search = _search_plan(spec, cluster)
     teacher = teacher_ref(spec, spec.teacher.weights)
     return {
@@ -74,8 +76,9 @@ def make_plan(spec_path: str | os.PathLike[str], *, address: str | None = None) 
             **({"GPU": search.gpus_per_worker} if search.use_gpu else {}),
         },
         "cluster": dict(cluster),
-        "concurrency": trial_concurrency(search, cluster),
-        "storage": _storage_dir(spec),
+        "cluster_at_autoscaling_max": grown,
+        "concurrency": trial_concurrency(search, cluster, grown),
+        "storage": storage.join(spec.storage.path, spec.name),
         "tracking_uri": spec.tracking_uri,
         "budgets": _budgets(budget),
         "space": count_feasible(spec, space, budget),
@@ -85,27 +88,26 @@ def make_plan(spec_path: str | os.PathLike[str], *, address: str | None = None) 
 
 
 # -------------------------------------------------------------------------- what run resolves, one place each
-def trial_concurrency(plan: SearchPlan, cluster: Mapping[str, float]) -> dict[str, int | None]:
-    """Trials at once: ``now`` on the cluster's current resources; ``at_autoscaling_max`` once the search knows the
-    autoscaler's ceiling (None today: ``orchestrator.search.max_concurrent`` reads the resources present)."""
-    return {"now": max_concurrent(plan, cluster), "at_autoscaling_max": None}
+def trial_concurrency(
+    plan: SearchPlan, cluster: Mapping[str, float], grown: Mapping[str, float] | None
+) -> dict[str, int]:
+    """Trials at once: ``now`` on the cluster's present resources, ``at_autoscaling_max`` once the autoscaler has
+    added every node it may (what Tune runs at once: ``orchestrator.concurrency``)."""
+    now, at_max = concurrency(plan, cluster=cluster, at_max_resources=grown or {})
+    return {"now": now, "at_autoscaling_max": at_max}
 
 
-def _storage_dir(spec: JobSpec) -> str:
-    """The job's folder as ``run`` resolves ``storage.path`` today."""
-    path = str(spec.storage.path)
-    return f"{path.rstrip('/')}/{spec.name}" if is_uri(path) else str(Path(path).resolve() / spec.name)
-
-
-def _cluster_resources(address: str | None) -> dict[str, float]:
-    """The cluster's resources: ``address``'s (connecting to it), else the local Ray ``run`` would start."""
+def _cluster_resources(address: str | None) -> tuple[dict[str, float], dict[str, float] | None]:
+    """The cluster's resources now and at its autoscaling maximum (None: no autoscaler): ``address``'s
+    (connecting to it), else the local Ray ``run`` would start."""
     if address in (None, "", "local"):
         import torch  # deferred: only the local case counts GPUs itself
 
-        return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+        return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}, None
     connect_ray(address)
     try:
-        return {k: float(v) for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
+        now = {k: float(v) for k, v in ray.cluster_resources().items()}
+        return now, autoscaler_max_resources()
     finally:
         ray.shutdown()
 
