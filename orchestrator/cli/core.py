@@ -286,7 +286,8 @@ def run(
     """
     # A local cluster: say explicitly what Ray 2.60 does by default (token authentication on), which keeps it on
     # and spares the driver Ray's warning that it chose so. Read when ray is imported, hence before the import.
-    if address in (None, "", "local"):
+    # Once ray is imported its mode is fixed, and a changed variable would reach only the cluster's processes.
+    if address in (None, "", "local") and "ray" not in sys.modules:
         os.environ.setdefault("RAY_AUTH_MODE", "token")
 
     again = f"srcompress run {job} --resume"
