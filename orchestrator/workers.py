@@ -37,6 +37,7 @@ from orchestrator.tasks import DataRef, ModelRef, PruneTask, TrackingRef, TrialT
 from orchestrator.tracking import Tracker
 from sr import stages
 from sr._train import to_fast_layout, unwrap
+from sr.arch_record import record_of
 from sr.data import fallback_eval_pairs, load_eval_pairs, resolve_train_sources
 from sr.distill import KDConfig
 from sr.errors import DataError
@@ -262,6 +263,9 @@ def log_final_artifacts(task: TrialTask, model: torch.nn.Module, pairs: list | N
         stages.save_weights(out / "weights.pth", model)
         (out / "config.json").write_text(json.dumps(task_record(task), indent=2, default=str))
         tracker.log_artifact(run_id, out / "weights.pth", "checkpoint")
+        record = record_of(unwrap(model))
+        if record is not None:  # the checkpoint's architecture record, readable without downloading the weights
+            tracker.set_tags(run_id, {"srcompress.arch_record": json.dumps(record.as_dict(), sort_keys=True)})
         tracker.log_artifact(run_id, out / "config.json")
         samples = out / "samples"
         samples.mkdir()

@@ -58,7 +58,8 @@ _FLOAT_METRICS = (
     "latency_ms",
     "train_time_s",
 )
-_STR_TAGS = ("latency_device", "model_uri")
+# arch_record: the trained weights' architecture record (sr.arch_record, JSON), as their checkpoint holds it.
+_STR_TAGS = ("latency_device", "model_uri", "arch_record")
 TRIAL_COLUMNS: tuple[str, ...] = (
     "run_id",
     "run_name",
