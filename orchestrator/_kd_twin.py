@@ -185,12 +185,14 @@ def _train_missing(
         return
     print(f"[srcompress] kd twins: training {len(todo)} GT-only twin(s) of {plan.student_arch}", flush=True)
     t0 = time.time()
-    _fit_twins(plan, {name: task for name, (_, task) in todo.items()})
-    for _trial, task in todo.values():
+    grid = _fit_twins(plan, {name: task for name, (_, task) in todo.items()})
+    # Tune's last result of each twin says whether its worker reached the last step (not an MLflow metric).
+    finished = {str(r.config["twin"]) for r in grid if r.error is None and (r.metrics or {}).get("done_training") == 1}
+    for name, (_trial, task) in todo.items():
         assert task.tracking is not None  # set just above
         run_id = task.tracking.run_id
         metrics = tracker.run_metrics(run_id)
-        ok = metrics.get("done_training") == 1 and "psnr_y" in metrics  # the worker reached its last step
+        ok = name in finished and "psnr_y" in metrics
         status = "completed" if ok else "failed"
         tracker.log_metrics(run_id, {"train_time_s": time.time() - t0})
         tracker.set_tags(run_id, {STATUS_TAG: status})

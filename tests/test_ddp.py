@@ -121,7 +121,9 @@ def _assert_same_weights(a: Path, b: Path) -> None:
 def test_prune_on_2_ranks_equals_one_process(ray_local, tmp, single_prune):
     from orchestrator.workers import prune_worker
 
-    rounds = _fit(prune_worker, _prune_task(tmp, "ddp"), tmp, "prune_ddp")
+    reports = _fit(prune_worker, _prune_task(tmp, "ddp"), tmp, "prune_ddp")
+    assert all("density" in m for m in reports[-1])  # the density travels in every rank's last report
+    rounds = [r for r in reports if "loss" in r[0]]
     assert all(len(r) == 2 for r in rounds)  # both ranks report at every log step
     steps = [r[0]["step"] for r in rounds]
     assert steps == list(range(3, 25, 3)) and steps == sorted(single_prune["losses"])

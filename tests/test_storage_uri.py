@@ -157,7 +157,8 @@ def test_file_uri_job_on_two_nodes_and_the_node_path_check(two_nodes, tmp_path: 
         **{
             "storage.path": store,
             "tracking.uri": str(tmp_path / "track"),  # a folder: its mlflow.db
-            "prune": {"enabled": True, "steps": 4, "batch_size": 2, "lr": 1e-3},
+            # np_epochs 1: a Prox-SG epoch, then Orthant steps (4 steps are only 2 epochs: epochs/10 rounds to 0)
+            "prune": {"enabled": True, "steps": 4, "batch_size": 2, "lr": 1e-3, "np_epochs": 1},
         },
     )
     t0 = time.time()

@@ -233,14 +233,20 @@ def register_pareto_models(
     return out
 
 
+def _plain(value: float) -> str:
+    """A number without exponent or trailing zeros, ``.`` as ``p``: ``1e6`` -> ``1000000``, ``2.5`` -> ``2p5``."""
+    text = str(int(value)) if float(value).is_integer() else f"{value:.6f}".rstrip("0").rstrip(".")
+    return text.replace(".", "p").replace("-", "m")
+
+
 def _size_label(value: float, unit: str) -> str:
     """``120000`` -> ``120k``, ``2e10`` -> ``20g``, latency ``50`` -> ``50ms``: alias-safe (letters, digits)."""
     if unit == "ms":
-        return f"{value:g}ms".replace(".", "p")
+        return f"{_plain(value)}ms"
     for div, suffix in ((1e9, "g"), (1e6, "m"), (1e3, "k")):
         if value >= div:
-            return f"{value / div:g}{suffix}".replace(".", "p")
-    return f"{value:g}".replace(".", "p")
+            return f"{_plain(round(value / div, 6))}{suffix}"
+    return _plain(value)
 
 
 _BUDGET_NAMES = {"params": ("params", ""), "macs_720p": ("macs", ""), "latency_ms": ("latency", "ms")}

@@ -327,6 +327,9 @@ def _trial_row(run: Run) -> dict[str, Any]:
     for tag in _STR_TAGS:
         # The trial's own tags are under srcompress.* (srcompress.latency_device: orchestrator.latency).
         row[tag] = srcompress_tag(tags, tag)
+    resumed = srcompress_tag(tags, "resumed_from_step")  # a tag since it is a constant of the run, not a series
+    if resumed is not None:
+        row["resumed_from_step"] = int(float(resumed))
     for key, value in run.data.params.items():
         row.setdefault(key, value)
     for key, value in metrics_from_mlflow(run.data.metrics).items():
