@@ -4,6 +4,7 @@ summary and description, readable log lines, and the driver log kept in storage 
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -69,6 +70,10 @@ def test_metric_and_tag_names(job):
     assert len(numbers) == len(set(numbers)) == len(trials) >= 2  # the Optuna draw number of every trial
     df = search_trials(tracker, "tiny", parent.info.run_id)
     assert df["trial_number"].notna().all() and df["params"].notna().all()  # read back under the code's names
+    for _, row in df[df["status"] == "completed"].iterrows():
+        record = json.loads(row["arch_record"])  # the trained weights' architecture record, as pareto returns it
+        assert record["arch"] == "edsr_mini" and record["knobs"]["C"] == int(row["C"]) and record["scale"] == 2
+        assert record["pixel_range"] == 1.0
 
 
 @pytest.mark.ray
@@ -98,6 +103,7 @@ def test_log_is_readable_and_kept_in_storage(job):
     assert not re.search(r"\d\.\d{9,}", out), re.search(r".*\d\.\d{9,}.*", out).group(0)  # no float reprs
     assert "budget params <= 60k" in out
     assert "Token authentication is enabled" not in out  # Ray's default set explicitly, so not warned about
+    assert "pickle" not in out.lower()  # registered models are pt2 programs, so MLflow has no pickle to warn about
     log = storage / "tiny" / "driver.log"
     text = log.read_text()
     assert text.startswith("==== ") and "srcompress run" in text.splitlines()[0]
