@@ -134,3 +134,11 @@ def pytest_collection_modifyitems(config, items) -> None:
     gaps at the end instead of one long module running alone after everything else."""
     heavy = {item.module.__name__ for item in items if item.get_closest_marker("ray") is not None and item.module}
     items.sort(key=lambda item: item.module is None or item.module.__name__ not in heavy)  # stable: order kept
+
+
+def last_step(tracking_uri: str, run_id: str, metric: str = "val_psnr_y") -> int:
+    """The last training step a run logged ``metric`` at (a step is each metric's step, not a metric of its own)."""
+    from orchestrator.tracking import Tracker
+
+    history = Tracker(tracking_uri).client.get_metric_history(run_id, metric)
+    return max((m.step for m in history), default=-1)

@@ -23,6 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
+from conftest import last_step
 
 from orchestrator.cli import main
 from orchestrator.results.pareto import query_trials
@@ -282,8 +283,9 @@ def test_failed_trial_exits_3_and_resume_retries_it_from_its_checkpoint(ray_loca
     assert rc == 0, (out[-2000:], err[-2000:])
     _assert_exactly(storage, n)
     row = _trials(storage).set_index("run_id").loc[failed_run]  # the same run, not a new one
-    print(f"retried trial {row['run_name']}: resumed_from_step={row['resumed_from_step']} step={row['step']}")
-    assert row["status"] == "completed" and int(row["step"]) == steps and row["resumed_from_step"] > 0
+    step = last_step(_uri(storage), failed_run)
+    print(f"retried trial {row['run_name']}: resumed_from_step={row['resumed_from_step']} step={step}")
+    assert row["status"] == "completed" and step == steps and row["resumed_from_step"] > 0
 
 
 def _kill_one_trial(tune_dir: Path, killed: list[int], timeout_s: float = 180) -> None:

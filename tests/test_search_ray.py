@@ -15,6 +15,7 @@ from pathlib import Path
 import optuna
 import psutil
 import pytest
+from conftest import last_step
 
 from orchestrator.results.pareto import query_trials
 
@@ -163,7 +164,7 @@ def test_killed_worker_resumes_from_checkpoint(ray_local, tiny_job, tmp_path):
     print(f"killed worker pids {killed}; trial {row['run_name']} resumed_from_step={row['resumed_from_step']}")
     assert row["status"] == "completed"
     assert row["resumed_from_step"] > 0
-    assert int(row["step"]) == 300
+    assert last_step(summary["tracking_uri"], row["run_id"]) == 300
     assert row["run_name"].startswith("edsr_C8L1B2_x2")  # fixed dimensions of the space reach the trial
 
 
@@ -236,4 +237,4 @@ def test_killed_trial_process_resumes_from_checkpoint(ray_local, tiny_job, tmp_p
     print(f"killed trial pids {killed}; trial {row['run_name']} resumed_from_step={row['resumed_from_step']}")
     assert row["status"] == "completed"
     assert row["resumed_from_step"] > 0
-    assert int(row["step"]) == 300
+    assert last_step(summary["tracking_uri"], row["run_id"]) == 300
