@@ -132,9 +132,7 @@ def eval_(
     lr_source: Annotated[str, typer.Option(help="auto | shipped | generated (bicubic from HR)")] = "auto",
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images with a warning")] = False,
     save: Annotated[str | None, typer.Option("--save", help="Folder to write the SR images to (PNG)")] = None,
-    tracking_uri: Annotated[
-        str | None, typer.Option("--tracking-uri", help="MLflow store of a run id / models:/ URI (see pareto)")
-    ] = None,
+    store: StoreOpt = None,  # the MLflow store of a run id / models:/ URI, named as everywhere else
     job: Annotated[str | None, typer.Option("--job", help="Job spec YAML whose MLflow store to read")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -154,9 +152,7 @@ def eval_(
         raise UserError(f"--lr-source {lr_source!r} is not valid; use auto, shipped or generated")
     knobs = check_knobs(arch, parse_knobs(set_)) if arch else parse_knobs(set_)
     save_dir = check_save_dir(save)
-    model, rec, source = load_eval_model(
-        weights, arch=arch, knobs=knobs, scale=scale, tracking_uri=tracking_uri, job=job
-    )
+    model, rec, source = load_eval_model(weights, arch=arch, knobs=knobs, scale=scale, tracking_uri=store, job=job)
     s = rec.scale
     pairs = load_eval_pairs(data, s, lr_source=lr_source, skip_bad=skip_bad)  # type: ignore[arg-type]
     used = lr_source_used(data, s, lr_source)  # type: ignore[arg-type]
