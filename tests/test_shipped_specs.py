@@ -4,8 +4,8 @@ a 0-CPU head holding the trial-driver resource and 2 worker nodes of 2 CPUs, so 
 and the 2 trials at once can only run on the worker nodes.
 
 Per spec: the prune run's MLflow params show Prox-SG steps > 0 and the switch at Np epochs (Np = epochs/10), every
-trial run completed, and the Ray Train workers lived on the worker nodes. Overrides themselves (a wrong key is one
-line, exit 2) are checked on the CLI too.
+trial run completed, and the Ray Train workers lived on the worker nodes. Times are printed; measured on this
+2-CPU machine under other load: edsr 88 s, swinir 134 s (the slowest: SwinIR's window attention on CPU), imdn 68 s.
 """
 
 from __future__ import annotations
@@ -67,11 +67,11 @@ def cluster():
         mp.undo()
 
 
-def _train_worker_nodes() -> set[str]:
-    """Nodes that ever hosted a Ray Train worker actor (the GCS actor table keeps dead actors)."""
+def _train_workers() -> dict[str, str]:
+    """Ray Train worker actors ever started -> their node (the GCS actor table keeps dead actors)."""
     # ray.util.state needs the dashboard, which this cluster does not start; the GCS table is what it reads
     actors = ray._private.state.actors()  # noqa: SLF001
-    return {a["Address"]["NodeID"] for a in actors.values() if "TrainWorker" in a.get("ActorClassName", "")}
+    return {k: a["Address"]["NodeID"] for k, a in actors.items() if "TrainWorker" in a.get("ActorClassName", "")}
 
 
 @pytest.mark.parametrize("name", GPU_SPECS)
@@ -80,6 +80,7 @@ def test_gpu_spec_scaled_down_runs_on_two_worker_nodes(name, cluster, tmp_path, 
     spec_file = str(path(name))
     sets = ["--set", f"storage.path={tmp_path}"]
     spec = load_job_spec(spec_file)
+    before = _train_workers()
     t0 = time.time()
     rc = main(["run", spec_file, "--override", OVERLAY, *sets, "--address", c.address])
     seconds = time.time() - t0
@@ -106,21 +107,12 @@ def test_gpu_spec_scaled_down_runs_on_two_worker_nodes(name, cluster, tmp_path, 
     # A real validation, not the infeasible marker 0.0 (4 KD steps from random init: low, but measured).
     assert all(0 < r.data.metrics.get("psnr_y", 0) < 100 for r in trials)
     assert all(r.data.params.get("arch", spec.student.arch) == spec.student.arch for r in trials)
-    used = _train_worker_nodes()
-    assert used and used <= worker_nodes, (used, worker_nodes)
+    started = {k: node for k, node in _train_workers().items() if k not in before}
+    used = set(started.values())
+    assert len(started) >= 2 * 2 and used <= worker_nodes, (started, worker_nodes)  # 2 trials x 2 ranks
     print(
         f"{name}: {seconds:.0f}s; prune {p['schedule.steps']} steps, {epochs} epochs of {bpe} batches, Np {np_epochs}, "
         f"Prox-SG steps {prox}, switch at step {switch}; trials {[r.data.tags.get(STATUS_TAG) for r in trials]}, "
-        f"psnr_y {[round(r.data.metrics['psnr_y'], 2) for r in trials]}; Train workers on {len(used)} worker node(s)"
+        f"psnr_y {[round(r.data.metrics['psnr_y'], 2) for r in trials]}; {len(started)} Train workers on "
+        f"{len(used)} worker node(s)"
     )
-
-
-@pytest.mark.parametrize(
-    ("item", "needle"),
-    [("training.stepz=3", "did you mean 'steps'"), ("prune.steps=many", "prune.steps"), ("oops", "KEY=VALUE")],
-)
-def test_wrong_override_is_one_line_exit_2(item, needle, tmp_path, capsys) -> None:
-    rc = main(["plan", str(path("edsr_cdism")), "--override", OVERLAY, "--set", item])
-    _, err = capsys.readouterr()
-    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
-    assert needle in err and "--set" in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from orchestrator.cli import main
 from search_spaces import Overrides, SpecError, load_job_spec, path
 from sr.errors import UserError
 
@@ -60,3 +61,14 @@ def test_submit_passes_overrides_to_the_job(tmp_path) -> None:
     outside.write_text("search: {num_samples: 2}\n")
     with pytest.raises(UserError, match="outside the uploaded folder"):
         plan_submission(path("edsr_cdism"), overrides=Overrides(files=(str(outside),)))
+
+
+@pytest.mark.parametrize(
+    ("item", "needle"),
+    [("training.stepz=3", "did you mean 'steps'"), ("prune.steps=many", "prune.steps"), ("oops", "KEY=VALUE")],
+)
+def test_wrong_override_on_the_cli_is_one_line_exit_2(item, needle, tmp_path, capsys) -> None:
+    rc = main(["plan", str(path("edsr_cdism")), "--override", SMOKE, "--set", item])
+    _, err = capsys.readouterr()
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert needle in err and "--set" in err
