@@ -21,6 +21,7 @@ from orchestrator.cli import main  # noqa: E402
 from orchestrator.search import TRIAL_RESOURCE  # noqa: E402
 from orchestrator.tracking import KIND_TAG, STATUS_TAG, Tracker, default_tracking_uri  # noqa: E402
 from search_spaces import load_job_spec, path  # noqa: E402
+from tests.conftest import FAST_RAY_ENV  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -28,15 +29,7 @@ OVERLAY = str(Path(__file__).resolve().parents[1] / "search_spaces" / "overrides
 GPU_SPECS = ("edsr_cdism", "swinir_cdism", "imdn_cdism")
 MB = 1024 * 1024
 # Set before any node starts: raylets pass their environment to the workers (Train controller included).
-_ENV = {
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",  # else every ray.train.report blocks ~1.8 s (STACK_NOTES)
-    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-    "RAY_TRAIN_METRICS_ENABLED": "0",
-    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-}
+_ENV = {**FAST_RAY_ENV, "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1"}
 
 
 @pytest.fixture(scope="module")
