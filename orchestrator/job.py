@@ -41,7 +41,7 @@ from orchestrator.tasks import ModelRef, TrackingRef, data_ref, prune_task, teac
 from orchestrator.tracking import PARENT_TAG, STATUS_TAG, Tracker, check_reachable
 from orchestrator.trial_tracking import make_status_callback, search_interrupted, search_starts
 from orchestrator.workers import load_model, prune_worker, val_pairs
-from search_spaces import check_paths, clamp_to_space, job_space, load_job_spec, smallest_knobs
+from search_spaces import Overrides, check_paths, clamp_to_space, job_space, load_job_spec, smallest_knobs
 from sr.allocate import allocate, allocate_arch
 from sr.budget import Budget, check_budget_reachable
 from sr.data import resolve_train_sources
@@ -260,10 +260,10 @@ class _Job:
 
 
 # ------------------------------------------------------------------------------------- run_job, step by step
-def _checked_spec(spec_path: str | Path) -> Any:
+def _checked_spec(spec_path: str | Path, overrides: Overrides | None = None) -> Any:
     """The validated spec with its fallbacks applied; a budget no architecture meets, an unusable image or
     teacher checkpoint (``orchestrator._preflight``) fails here, before Ray and before anything is written."""
-    spec = load_job_spec(spec_path)
+    spec = load_job_spec(spec_path, overrides)
     spec = check_paths(spec, spec_path)  # applies the spec's fallbacks for absent weights/data
     b = spec.budgets
     check_budget_reachable(
@@ -486,16 +486,18 @@ def run_job(
     num_cpus: int | None = None,
     verbose: bool = False,
     allow_changed_spec: bool = False,
+    overrides: Overrides | None = None,
 ) -> dict[str, Any]:
-    """Run a whole job; returns a summary (counts, density, allocation, Pareto rows; ``failed``: trials that
-    ended in error, which ``--resume`` retries from their last checkpoint).
+    """Run a whole job (the spec at ``spec_path`` with ``overrides`` applied); returns a summary (counts, density,
+    allocation, Pareto rows; ``failed``: trials that ended in error, which ``--resume`` retries from their last
+    checkpoint).
 
     Raises:
         UserError: a bad spec, or a ``--resume`` whose spec/experiment/store differ from the job's.
         JobInterrupted: Ctrl-C; the job is recorded as interrupted and ``--resume`` continues it.
     """
     t_start = time.time()
-    spec = _checked_spec(spec_path)
+    spec = _checked_spec(spec_path, overrides)
     uri = tracking_uri or spec.tracking_uri
     check_reachable(uri)
     out = storage.join(spec.storage.path, spec.name)

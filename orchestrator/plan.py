@@ -26,7 +26,7 @@ from orchestrator.concurrency import autoscaler_max_resources, concurrency
 from orchestrator.job import _budget, paper_allocation, plan_search
 from orchestrator.search import SearchPlan, trial_resources
 from orchestrator.tasks import teacher_ref
-from search_spaces import JobSpec, check_paths, job_space, load_job_spec, smallest_knobs, student_knobs
+from search_spaces import JobSpec, Overrides, check_paths, job_space, load_job_spec, smallest_knobs, student_knobs
 from search_spaces._space import is_range
 from search_spaces._values import is_uri
 from sr.budget import Budget, check_budget_reachable, is_feasible, price
@@ -40,13 +40,15 @@ _PUBLISHED_DENSITY = {"edsr": 0.03, "swinir": 0.089}
 _MAX_GRID = 20_000  # larger spaces are not counted (each price is a meta-device model build)
 
 
-def make_plan(spec_path: str | os.PathLike[str], *, address: str | None = None) -> dict[str, Any]:
-    """The plan of a job spec as one JSON-ready dict (see the module docstring).
+def make_plan(
+    spec_path: str | os.PathLike[str], *, address: str | None = None, overrides: Overrides | None = None
+) -> dict[str, Any]:
+    """The plan of a job spec (``overrides`` applied) as one JSON-ready dict (see the module docstring).
 
     Raises:
         UserError: the one-line spec errors ``run`` gives before it starts (bad YAML, schedule, budget).
     """
-    spec = load_job_spec(spec_path)
+    spec = load_job_spec(spec_path, overrides)
     warnings = _missing_paths(spec)
     try:
         spec = check_paths(spec, spec_path)  # the fallbacks `run` applies (e.g. data.if_missing: builtin)

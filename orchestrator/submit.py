@@ -31,14 +31,14 @@ import shlex
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 import orchestrator
 from orchestrator._ray_connect import RAY_ENV
-from search_spaces import load_job_spec
+from search_spaces import Overrides, load_job_spec
 from sr.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -232,6 +232,7 @@ def plan_submission(
     working_dir: str | Path | None = None,
     env: list[str] | Mapping[str, str] | None = None,
     same_machine: bool = False,
+    overrides: Overrides | None = None,
 ) -> Submission:
     """[S1] Validate the spec here and build the entrypoint and runtime_env (contacts no cluster).
 
@@ -243,11 +244,14 @@ def plan_submission(
         same_machine: the cluster runs on this machine (a loopback address). Then a spec's
             ``${SRCOMPRESS_SHARED:-<relative default>}`` is resolved here, as ``srcompress run`` would, and
             forwarded: relative to the uploaded copy of the spec it would point nowhere.
+        overrides: ``--override``/``--set``, validated here and passed on to the job's ``srcompress run``;
+            overlay files must lie in working_dir (they travel with it).
 
     Raises:
         UserError: an invalid spec (its one-line ``file:line: key: ...`` error), or a spec outside working_dir.
     """
-    spec = load_job_spec(spec_path)
+    overrides = overrides or Overrides()
+    spec = load_job_spec(spec_path, overrides)
     # deferred: _preflight pulls in torch, which `srcompress status/logs/stop` never need
     from orchestrator._preflight import prune_schedule
 
@@ -267,6 +271,7 @@ def plan_submission(
             f"the spec {spec_path} is outside the uploaded folder {wd}; move it there or pass --working-dir"
         )
     rel = path.relative_to(wd).as_posix()
+    run_args = [rel, *_uploaded_overrides(overrides, wd).cli_args()]
     if wd == Path.home() or wd == Path(wd.anchor):
         raise UserError(f"refusing to upload {wd} as the job's working dir; keep the spec in a project folder")
     env_vars = {
@@ -291,12 +296,23 @@ def plan_submission(
         spec_path=path,
         working_dir=wd,
         spec_in_working_dir=rel,
-        entrypoint=f"python -m orchestrator.cli run {shlex.quote(rel)} --address auto",
+        entrypoint=f"python -m orchestrator.cli run {shlex.join(run_args)} --address auto",
         runtime_env=runtime_env,
         submission_id=f"srcompress-{spec.name}-{stamp}-{secrets.token_hex(2)}",
         metadata={"srcompress.job": spec.name, "srcompress.spec": rel},
         notes=tuple(notes),
     )
+
+
+def _uploaded_overrides(overrides: Overrides, wd: Path) -> Overrides:
+    """``overrides`` with each overlay file as the job sees it: its path inside the uploaded working dir."""
+    files = []
+    for f in overrides.files:
+        p = Path(f).resolve()
+        if not p.is_relative_to(wd):
+            raise UserError(f"--override {f} is outside the uploaded folder {wd}; move it there or pass --working-dir")
+        files.append(p.relative_to(wd).as_posix())
+    return replace(overrides, files=tuple(files))
 
 
 def submit(
@@ -305,10 +321,13 @@ def submit(
     address: str | None = None,
     working_dir: str | Path | None = None,
     env: list[str] | Mapping[str, str] | None = None,
+    overrides: Overrides | None = None,
 ) -> str:
-    """[S2] Validate, upload and submit a job spec; returns the submission id."""
+    """[S2] Validate, upload and submit a job spec (with ``overrides``); returns the submission id."""
     address = address or default_address()
-    sub = plan_submission(spec_path, working_dir=working_dir, env=env, same_machine=is_loopback(address))
+    sub = plan_submission(
+        spec_path, working_dir=working_dir, env=env, same_machine=is_loopback(address), overrides=overrides
+    )
     client = connect(address)
     for note in sub.notes:
         print(f"[srcompress] {note}", file=sys.stderr)

@@ -30,6 +30,11 @@ Shipped specs (``<family>_<method>.yaml``, :func:`names`, :func:`path`): ``demo.
 a CPU laptop; ``*_cdism.yaml`` are the paper's setups on DIV2K for a GPU Ray cluster. Validate one with
 ``search_spaces.load_job_spec(search_spaces.path("demo"))``.
 
+Overrides (:class:`Overrides`, ``srcompress run/plan/submit --override FILE --set KEY=VALUE``) change the YAML
+before validation: overlay files merge section by section, then each ``dotted.key=VALUE`` is set. The schema
+checks the result, so a wrong key names the override. ``overrides/cpu_smoke.yaml`` scales a GPU spec down to a
+CPU smoke run.
+
 The modules are private; their public names are re-exported here. ``search_spaces`` depends on ``sr`` only.
 """
 
@@ -39,6 +44,7 @@ from pathlib import Path
 
 from search_spaces._dims import Choice, Dim, NumDim, Range
 from search_spaces._errors import SpecError
+from search_spaces._overrides import Overrides
 from search_spaces._paths import check_paths, key_error
 from search_spaces._schema import JobSpec, spec_hash
 from search_spaces._sections import (
@@ -98,6 +104,7 @@ __all__ = [
     "KD_DIMS",
     "NumDim",
     "Objective",
+    "Overrides",
     "PruneSpec",
     "Range",
     "ResourcesSpec",

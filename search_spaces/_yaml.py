@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, Tag, ValidationError
 
 from search_spaces._errors import KeyedError, SpecError, spec_error
+from search_spaces._overrides import Overrides, apply_overrides, blame_override, split_key
 from search_spaces._schema import JobSpec
 
 
@@ -66,13 +67,6 @@ def line_of(lines: dict[str, int], parts: list[str | int]) -> int:
         if line is not None:
             return line
     return 1
-
-
-def split_key(key: str) -> list[str | int]:
-    parts: list[str | int] = []
-    for token in re.findall(r"[^.\[\]]+|\[\d+\]", key):
-        parts.append(int(token[1:-1]) if token.startswith("[") else token)
-    return parts
 
 
 def _clean_loc(loc: tuple[str | int, ...], data: Any, err_type: str) -> list[str | int]:
@@ -185,14 +179,18 @@ def _from_validation_error(exc: ValidationError, data: Any, lines: dict[str, int
     return spec_error(source, line_of(lines, split_key(key)), key or "<top>", message)
 
 
-def parse_job_spec(text: str, *, source: str = "<string>", base_dir: str | Path | None = None) -> JobSpec:
+def parse_job_spec(
+    text: str, *, source: str = "<string>", base_dir: str | Path | None = None, overrides: Overrides | None = None
+) -> JobSpec:
     """Validate job-spec YAML ``text`` into a :class:`JobSpec`.
 
     Args:
         text: the YAML document.
         source: file name used in error messages.
         base_dir: folder that relative paths (inputs, ``storage.path``, a ``tracking.uri`` folder or ``.db``)
-            resolve against (default: the current directory).
+            resolve against (default: the current directory), overridden ones included.
+        overrides: overlay files and ``KEY=VALUE`` items applied before validation; an error in a key they set
+            names the override instead of a line of ``text``.
 
     Raises:
         SpecError: YAML syntax, a non-mapping top level, or any invalid key or value (one line with its line).
@@ -222,18 +220,22 @@ def parse_job_spec(text: str, *, source: str = "<string>", base_dir: str | Path 
         )
     lines: dict[str, int] = {}
     _line_map(node, [], lines, source)
+    origin: dict[str, str] = {}
+    if overrides:
+        data, origin = apply_overrides(data, overrides, loader=_Loader)
     context = {"base_dir": str(base_dir) if base_dir is not None else None}
     try:
         spec = JobSpec.model_validate(data, context=context)
     except ValidationError as exc:
-        raise _from_validation_error(exc, data, lines, source) from None
+        raise blame_override(_from_validation_error(exc, data, lines, source), origin) from None
     spec._source = source
     spec._lines = lines
     return spec
 
 
-def load_job_spec(path: str | Path) -> JobSpec:
-    """Read and validate the job spec at ``path`` (relative input paths resolve against its folder).
+def load_job_spec(path: str | Path, overrides: Overrides | None = None) -> JobSpec:
+    """Read and validate the job spec at ``path`` (relative input paths resolve against its folder), with
+    ``overrides`` (``--override``/``--set``) applied.
 
     Raises:
         SpecError: a missing or unreadable file, or any problem :func:`parse_job_spec` reports.
@@ -248,4 +250,4 @@ def load_job_spec(path: str | Path) -> JobSpec:
     except (OSError, UnicodeDecodeError) as exc:
         reason = " ".join(str(exc).split())
         raise spec_error(str(p), None, "", f"cannot read the job spec ({reason}); check the file") from None
-    return parse_job_spec(text, source=str(p), base_dir=p.resolve().parent)
+    return parse_job_spec(text, source=str(p), base_dir=p.resolve().parent, overrides=overrides)

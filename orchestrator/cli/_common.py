@@ -10,12 +10,33 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from search_spaces import store_uri
+from search_spaces import Overrides, store_uri
 from sr.errors import UserError
 
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", help="Knob override KEY=VALUE (repeatable), e.g. --set C=24")
 ]
+# A job spec's overrides (search_spaces.Overrides): the same two options on run, plan and submit.
+SpecOverrideOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--override",
+        help="Overlay YAML merged into the spec (repeatable), e.g. search_spaces/overrides/cpu_smoke.yaml",
+    ),
+]
+SpecSetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", help="Spec key override dotted.key=VALUE (repeatable, after --override), e.g. --set training.steps=20"
+    ),
+]
+
+
+def spec_overrides(files: list[str] | None, sets: list[str] | None) -> Overrides:
+    """``--override``/``--set`` as the ``Overrides`` that ``load_job_spec`` applies."""
+    return Overrides(files=tuple(files or ()), sets=tuple(sets or ()))
+
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table")]
 # One way to name the MLflow store in every command (the spec's tracking.uri takes the same forms); the older
 # spellings --tracking-uri and --storage (ui) still work.

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from orchestrator import submit as sub
+from orchestrator.cli._common import SpecOverrideOpt, SpecSetOpt, spec_overrides
 
 AddressOpt = Annotated[
     str | None,
@@ -30,9 +31,12 @@ def submit(
     env: Annotated[
         list[str] | None, typer.Option("--env", help="Environment for the job, KEY=VALUE (repeatable)")
     ] = None,
+    override: SpecOverrideOpt = None,
+    set_: SpecSetOpt = None,
 ) -> None:
     """Validate a job spec, upload the code and run `srcompress run` on the cluster; follows its log by default."""
-    job_id = sub.submit(job, address=address, working_dir=working_dir, env=env)
+    overrides = spec_overrides(override, set_)
+    job_id = sub.submit(job, address=address, working_dir=working_dir, env=env, overrides=overrides)
     print(job_id, flush=True)
     if no_wait:
         print(f"[srcompress] follow it with: srcompress logs {job_id} --follow", file=sys.stderr)

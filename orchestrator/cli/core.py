@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -20,12 +21,15 @@ from orchestrator._log_text import describe_allocation, describe_density
 from orchestrator.cli._common import (
     JsonOpt,
     SetOpt,
+    SpecOverrideOpt,
+    SpecSetOpt,
     StoreOpt,
     _fmt_g,
     _fmt_int,
     _print_table,
     check_knobs,
     parse_knobs,
+    spec_overrides,
     store_option,
 )
 from search_spaces import load_job_spec
@@ -274,6 +278,8 @@ def run(
     store: StoreOpt = None,
     num_cpus: Annotated[int | None, typer.Option(help="CPUs of the local Ray cluster (default: all)")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Ray's worker logs too")] = False,
+    override: SpecOverrideOpt = None,
+    set_: SpecSetOpt = None,
 ) -> None:
     """Prune -> allocate -> cache -> multi-objective search; prints the Pareto front.
 
@@ -286,11 +292,13 @@ def run(
     if address in (None, "", "local") and "ray" not in sys.modules:
         os.environ.setdefault("RAY_AUTH_MODE", "token")
 
-    again = f"srcompress run {job} --resume"
-    spec = load_job_spec(job)
+    overrides = spec_overrides(override, set_)
+    shown = shlex.join([job, *overrides.cli_args()])
+    again = f"srcompress run {shown} --resume"
+    spec = load_job_spec(job, overrides)
     log_path, ready, keep_log = _driver_log_target(spec)
     try:
-        with tee_to(log_path, header=f"srcompress run {job}{' --resume' if resume else ''}", ready=ready):
+        with tee_to(log_path, header=f"srcompress run {shown}{' --resume' if resume else ''}", ready=ready):
             # deferred: the job pulls in ray, mlflow, optuna and torch; imported inside the tee so that the log
             # handlers they make at import write through it
             from orchestrator.job import JobInterrupted, run_job
@@ -304,6 +312,7 @@ def run(
                     num_cpus=num_cpus,
                     verbose=verbose,
                     allow_changed_spec=allow_changed_spec,
+                    overrides=overrides,
                 )
             except JobInterrupted as exc:
                 print(f"srcompress: interrupted: {exc}; continue it with: {again}", file=sys.stderr, flush=True)

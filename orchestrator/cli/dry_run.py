@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from orchestrator.cli._common import JsonOpt
+from orchestrator.cli._common import JsonOpt, SpecOverrideOpt, SpecSetOpt, spec_overrides
 
 
 def plan(
@@ -19,11 +19,13 @@ def plan(
         ),
     ] = None,
     as_json: JsonOpt = False,
+    override: SpecOverrideOpt = None,
+    set_: SpecSetOpt = None,
 ) -> None:
     """What `run` would do, trained nothing: stages, pruning schedule, trials, resources, URIs, feasible space, seed."""
     from orchestrator.plan import make_plan, print_plan  # deferred: the plan pulls in ray and torch
 
-    result = make_plan(job, address=address)
+    result = make_plan(job, address=address, overrides=spec_overrides(override, set_))
     if as_json:
         print(json.dumps(result, default=str))
     else:
