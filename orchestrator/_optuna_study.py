@@ -12,6 +12,7 @@ says ``infeasible``), trials stopped early by the scheduler (PRUNED) and failed 
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,9 @@ def storage_url(plan: Any) -> str:
     if storage.startswith("file://"):
         path = Path(storage[len("file://") :]) / "optuna.db"
     elif "://" in storage:  # an object store: sqlite needs a POSIX filesystem
-        path = Path.home() / ".srcompress" / "optuna" / f"{plan.name}.db"
+        # One file per storage location: jobs of the same name in two buckets must not share a study.
+        digest = hashlib.sha1(storage.encode()).hexdigest()[:12]
+        path = Path.home() / ".srcompress" / "optuna" / f"{plan.name}-{digest}.db"
     else:
         path = Path(storage) / "optuna.db"
     path = path.resolve()

@@ -183,7 +183,13 @@ def test_search_grows_with_the_autoscaler(autoscaling_cluster: Path) -> None:
     tuner = tune.Tuner(
         tune.with_resources(_sleepy_trial, trial_resources(plan)),
         tune_config=tune.TuneConfig(num_samples=plan.num_samples, max_concurrent_trials=at_max),
-        run_config=tune.RunConfig(name="autoscale", storage_path=str(autoscaling_cluster / "tune"), verbose=0),
+        # A trial whose fake node dies under load is retried, as a search's failure.max_failures does.
+        run_config=tune.RunConfig(
+            name="autoscale",
+            storage_path=str(autoscaling_cluster / "tune"),
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=2),
+        ),
     )
     results = tuner.fit()
     rows = [r.metrics for r in results]
