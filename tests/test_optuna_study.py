@@ -38,7 +38,10 @@ def test_default_storage_is_sqlite_under_the_job(tmp_path: Path) -> None:
     assert ost.storage_url(plan) == f"sqlite:///{tmp_path / 'runs' / 'job' / 'optuna.db'}"
     assert ost.storage_url(replace(plan, storage=f"file://{tmp_path}/j")) == f"sqlite:///{tmp_path}/j/optuna.db"
     assert ost.storage_url(replace(plan, optuna_storage="sqlite:////elsewhere/o.db")) == "sqlite:////elsewhere/o.db"
-    assert ost.storage_url(replace(plan, storage="s3://bucket/runs/job")).endswith("/.srcompress/optuna/job.db")
+    # A bucket store keeps the sqlite file locally, one per storage location: same job name, two buckets, two files.
+    in_a = ost.storage_url(replace(plan, storage="s3://bucket/runs/job"))
+    in_b = ost.storage_url(replace(plan, storage="s3://other/runs/job"))
+    assert "/.srcompress/optuna/job-" in in_a and in_a.endswith(".db") and in_a != in_b
 
 
 def test_infeasible_draws_show_through_constraints(tmp_path: Path) -> None:
